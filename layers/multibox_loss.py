@@ -1,0 +1,99 @@
+"""The SSD training objective, SSD §2.2 "Training objective" and "Hard negative mining"."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from layers.box_utils import DEFAULT_VARIANCES, Variances, match, pad_targets
+
+
+class MultiBoxLoss(nn.Module):
+    """Smooth-L1 localisation loss plus cross-entropy with 3:1 hard negative mining.
+
+    The semantics are ssd.pytorch's, computed for the whole batch at once:
+
+    * matching: :func:`layers.box_utils.match` (forced best prior, then IoU >= ``overlap_thresh``);
+    * ``loss_l``: smooth-L1 summed over positive priors;
+    * ``loss_c``: cross-entropy summed over positives and, per image, the ``neg_pos_ratio`` x (positives)
+      background priors with the highest cross-entropy (positives are never mined as negatives);
+    * both are divided by the total number of positives in the batch (at least 1, never 0).
+
+    ssd.pytorch crashes on an image without ground truth; here such an image is a background-only sample
+    whose ``empty_image_negatives`` hardest priors are penalised (3:1 of zero positives would mine none
+    and the image would teach nothing).
+
+    Args:
+        num_classes: C, including the background.
+        overlap_thresh: IoU from which a prior is positive (SSD: 0.5).
+        neg_pos_ratio: negatives mined per positive (SSD: 3).
+        variances: encoding variances.
+        empty_image_negatives: negatives mined in an image with no ground truth.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        overlap_thresh: float = 0.5,
+        neg_pos_ratio: int = 3,
+        variances: Variances = DEFAULT_VARIANCES,
+        empty_image_negatives: int = 100,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must count the background and at least one class, got {num_classes}")
+        self.num_classes = num_classes
+        self.overlap_thresh = overlap_thresh
+        self.neg_pos_ratio = neg_pos_ratio
+        self.variances = variances
+        self.empty_image_negatives = empty_image_negatives
+
+    def forward(
+        self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor, targets: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Compute ``(loss_l, loss_c)``.
+
+        Args:
+            loc_preds (Tensor[B, P, 4]): regression outputs of the network.
+            conf_preds (Tensor[B, P, C]): class logits of the network.
+            priors (Tensor[P, 4]): cxcywh.
+            targets: B tensors [N_i, 5] of ``(xmin, ymin, xmax, ymax, label)``, relative xyxy, ``label`` the
+                0-based foreground index; N_i may be 0.
+
+        Returns:
+            Two scalar tensors, each normalised by the number of positives.
+        """
+        batch_size, num_priors, num_classes = conf_preds.shape
+        if num_classes != self.num_classes:
+            raise ValueError(f"conf_preds has {num_classes} classes but the loss was built for {self.num_classes}")
+        if len(targets) != batch_size:
+            raise ValueError(f"got {len(targets)} target tensors for a batch of {batch_size}")
+
+        with torch.no_grad():
+            truths, labels, valid = pad_targets([t.to(loc_preds.device, torch.float32) for t in targets])
+            loc_targets, conf_targets = match(
+                truths, labels, valid, priors, self.overlap_thresh, self.variances
+            )  # [B, P, 4], [B, P]
+        positive = conf_targets > 0  # [B, P]
+        num_pos = positive.sum(dim=1)  # [B]
+
+        loss_l = F.smooth_l1_loss(loc_preds[positive], loc_targets[positive].to(loc_preds.dtype), reduction="sum")
+
+        # Cross-entropy of every prior, [B, P]. The mining ranks it without gradient.
+        conf_loss = F.cross_entropy(
+            conf_preds.reshape(-1, num_classes), conf_targets.reshape(-1), reduction="none"
+        ).view(batch_size, num_priors)
+        with torch.no_grad():
+            mining_loss = conf_loss.detach().masked_fill(positive, float("-inf"))
+            # Rank of each prior within its image, by descending loss (0 = hardest).
+            order = mining_loss.argsort(dim=1, descending=True)  # [B, P]
+            rank = order.argsort(dim=1)  # [B, P]
+            num_neg = self.neg_pos_ratio * num_pos
+            num_neg = torch.where(num_pos > 0, num_neg, torch.full_like(num_neg, self.empty_image_negatives))
+            num_neg = num_neg.clamp(max=num_priors - 1).unsqueeze(1)  # [B, 1]
+            negative = (rank < num_neg) & ~positive  # [B, P]
+
+        loss_c = conf_loss[positive | negative].sum()
+        total_pos = num_pos.sum().clamp(min=1).to(loss_l.dtype)
+        return loss_l / total_pos, loss_c / total_pos

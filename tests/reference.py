@@ -1,0 +1,213 @@
+"""Plain, loop-based reference implementations of ssd.pytorch's semantics, for comparison in the tests.
+
+They are deliberately simple (a loop per image, per class, per box) and share no code with the project
+beyond what they are handed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def plain_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of xyxy boxes a [N, 4] and b [M, 4], one row of a at a time."""
+    rows = []
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    for box in a:
+        w = (torch.minimum(box[2], b[:, 2]) - torch.maximum(box[0], b[:, 0])).clamp(min=0)
+        h = (torch.minimum(box[3], b[:, 3]) - torch.maximum(box[1], b[:, 1])).clamp(min=0)
+        inter = w * h
+        area_a = (box[2] - box[0]) * (box[3] - box[1])
+        rows.append(inter / (area_a + area_b - inter))
+    return torch.stack(rows) if rows else a.new_zeros(0, b.shape[0])
+
+
+def plain_point_form(priors: Tensor) -> Tensor:
+    return torch.stack(
+        [priors[:, 0] - priors[:, 2] / 2, priors[:, 1] - priors[:, 3] / 2,
+         priors[:, 0] + priors[:, 2] / 2, priors[:, 1] + priors[:, 3] / 2], dim=1
+    )  # fmt: skip
+
+
+def plain_encode(matched: Tensor, priors: Tensor, variances=(0.1, 0.2)) -> Tensor:
+    cxcy = ((matched[:, :2] + matched[:, 2:]) / 2 - priors[:, :2]) / (variances[0] * priors[:, 2:])
+    wh = torch.log((matched[:, 2:] - matched[:, :2]) / priors[:, 2:]) / variances[1]
+    return torch.cat([cxcy, wh], 1)
+
+
+def plain_decode(loc: Tensor, priors: Tensor, variances=(0.1, 0.2)) -> Tensor:
+    cxcy = priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:]
+    wh = priors[:, 2:] * torch.exp(loc[:, 2:] * variances[1])
+    return torch.cat([cxcy - wh / 2, cxcy + wh / 2], 1)
+
+
+def plain_match(target: Tensor, priors: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """ssd.pytorch's match() for one image; target [N, 5]. An empty image is all background."""
+    num_priors = priors.shape[0]
+    if target.shape[0] == 0:
+        return priors.new_zeros(num_priors, 4), torch.zeros(num_priors, dtype=torch.long)
+    truths, labels = target[:, :4], target[:, 4].long()
+    overlaps = plain_iou(truths, plain_point_form(priors))
+    best_prior_idx = overlaps.argmax(1)
+    best_truth_overlap, best_truth_idx = overlaps.max(0)
+    best_truth_overlap = best_truth_overlap.clone()
+    best_truth_idx = best_truth_idx.clone()
+    for j in range(truths.shape[0]):  # later truths overwrite earlier ones, as in ssd.pytorch
+        best_truth_overlap[best_prior_idx[j]] = 2.0
+        best_truth_idx[best_prior_idx[j]] = j
+    conf = labels[best_truth_idx] + 1
+    conf[best_truth_overlap < threshold] = 0
+    return plain_encode(truths[best_truth_idx], priors), conf
+
+
+def plain_multibox_loss(
+    loc: Tensor, conf: Tensor, priors: Tensor, targets: list[Tensor], neg_pos_ratio: int = 3, empty_negatives: int = 100
+) -> tuple[Tensor, Tensor]:
+    """ssd.pytorch's MultiBoxLoss with the mask bug fixed, one image at a time."""
+    loss_l = loc.new_zeros(())
+    loss_c = loc.new_zeros(())
+    total_pos = 0
+    num_priors = priors.shape[0]
+    for i, target in enumerate(targets):
+        loc_t, conf_t = plain_match(target, priors)
+        pos = conf_t > 0
+        npos = int(pos.sum())
+        total_pos += npos
+        if npos:
+            loss_l = loss_l + F.smooth_l1_loss(loc[i][pos], loc_t[pos], reduction="sum")
+        ce = F.cross_entropy(conf[i], conf_t, reduction="none")
+        mining = ce.detach().clone()
+        mining[pos] = 0.0
+        num_neg = min(neg_pos_ratio * npos if npos else empty_negatives, num_priors - 1)
+        order = torch.sort(mining, descending=True).indices.tolist()
+        chosen = torch.zeros(num_priors, dtype=torch.bool)
+        for p in order[:num_neg]:
+            chosen[p] = True
+        loss_c = loss_c + ce[chosen | pos].sum()
+    total = max(total_pos, 1)
+    return loss_l / total, loss_c / total
+
+
+def plain_nms(boxes: Tensor, scores: Tensor, threshold: float) -> list[int]:
+    """Greedy NMS, highest score first; drops boxes with IoU > threshold against a kept one."""
+    order = torch.argsort(scores, descending=True).tolist()
+    keep = []
+    while order:
+        best = order.pop(0)
+        keep.append(best)
+        if order:
+            ious = plain_iou(boxes[best : best + 1], boxes[order])[0]
+            order = [o for o, v in zip(order, ious.tolist(), strict=True) if v <= threshold]
+    return keep
+
+
+def plain_detect(
+    loc: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float, top_k: int, keep_top_k: int | None
+) -> list[list[tuple[float, int, list[float]]]]:
+    """Per image, per class loop: threshold, top-k, NMS; then sort by score and cap at keep_top_k."""
+    results = []
+    for i in range(loc.shape[0]):
+        boxes = plain_decode(loc[i], priors)
+        scores = F.softmax(conf[i], dim=-1)
+        found = []
+        for cl in range(1, conf.shape[-1]):
+            mask = scores[:, cl] > conf_thresh
+            cls_scores, cls_boxes = scores[mask, cl], boxes[mask]
+            top = torch.argsort(cls_scores, descending=True)[:top_k]
+            cls_scores, cls_boxes = cls_scores[top], cls_boxes[top]
+            for k in plain_nms(cls_boxes, cls_scores, nms_thresh):
+                found.append((float(cls_scores[k]), cl, cls_boxes[k].tolist()))
+        found.sort(key=lambda item: -item[0])
+        results.append(found[:keep_top_k] if keep_top_k is not None else found)
+    return results
+
+
+# ssd.pytorch's SSD300 as a flat table: vgg index -> op. Convs are (in, out); relu follows each conv.
+SSD_PYTORCH_VGG_CONVS = {
+    0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
+    17: (256, 512), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512),
+    31: (512, 1024), 33: (1024, 1024),
+}  # fmt: skip
+SSD_PYTORCH_POOLS = {4: "2x2", 9: "2x2", 16: "2x2 ceil", 23: "2x2", 30: "3x3 s1 p1"}
+SSD_PYTORCH_EXTRAS = [
+    (1024, 256, 1),
+    (256, 512, 3),
+    (512, 128, 1),
+    (128, 256, 3),
+    (256, 128, 1),
+    (128, 256, 3),
+    (256, 128, 1),
+    (128, 256, 3),
+]
+SSD_PYTORCH_MBOX = [4, 6, 6, 6, 4, 4]
+SSD_PYTORCH_SOURCE_CHANNELS = [512, 1024, 512, 256, 256, 256]
+
+
+def ssd_pytorch_shapes(num_classes: int = 21) -> dict[str, tuple[int, ...]]:
+    """The 71 state_dict entries of ssd.pytorch's build_ssd('train', 300, num_classes)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for idx, (cin, cout) in SSD_PYTORCH_VGG_CONVS.items():
+        k = 1 if idx == 33 else 3
+        shapes[f"vgg.{idx}.weight"] = (cout, cin, k, k)
+        shapes[f"vgg.{idx}.bias"] = (cout,)
+    shapes["L2Norm.weight"] = (512,)
+    for idx, (cin, cout, k) in enumerate(SSD_PYTORCH_EXTRAS):
+        shapes[f"extras.{idx}.weight"] = (cout, cin, k, k)
+        shapes[f"extras.{idx}.bias"] = (cout,)
+    for head, per_box in (("loc", 4), ("conf", num_classes)):
+        for idx, (channels, boxes) in enumerate(zip(SSD_PYTORCH_SOURCE_CHANNELS, SSD_PYTORCH_MBOX, strict=True)):
+            shapes[f"{head}.{idx}.weight"] = (boxes * per_box, channels, 3, 3)
+            shapes[f"{head}.{idx}.bias"] = (boxes * per_box,)
+    return shapes
+
+
+def ssd_pytorch_forward(state: dict[str, Tensor], x: Tensor, num_classes: int = 21) -> tuple[Tensor, Tensor]:
+    """ssd.pytorch's SSD.forward (train phase) for SSD300, written functionally over a state_dict."""
+    sources = []
+    for idx in range(35):
+        if idx in SSD_PYTORCH_VGG_CONVS:
+            padding, dilation = (6, 6) if idx == 31 else ((0, 1) if idx == 33 else (1, 1))
+            x = F.conv2d(x, state[f"vgg.{idx}.weight"], state[f"vgg.{idx}.bias"], padding=padding, dilation=dilation)
+        elif idx in SSD_PYTORCH_POOLS:
+            kind = SSD_PYTORCH_POOLS[idx]
+            x = F.max_pool2d(x, 3, 1, 1) if kind.startswith("3x3") else F.max_pool2d(x, 2, 2, ceil_mode="ceil" in kind)
+        else:
+            x = F.relu(x)
+        if idx == 22:  # conv4_3's relu
+            norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10
+            sources.append(state["L2Norm.weight"].view(1, -1, 1, 1) * x / norm)
+    sources.append(x)
+    for idx in range(8):
+        stride, padding = (2, 1) if idx in (1, 3) else (1, 0)
+        x = F.relu(
+            F.conv2d(x, state[f"extras.{idx}.weight"], state[f"extras.{idx}.bias"], stride=stride, padding=padding)
+        )
+        if idx % 2 == 1:
+            sources.append(x)
+    loc, conf = [], []
+    for k, source in enumerate(sources):
+        loc.append(
+            F.conv2d(source, state[f"loc.{k}.weight"], state[f"loc.{k}.bias"], padding=1)
+            .permute(0, 2, 3, 1)
+            .contiguous()
+        )
+        conf.append(
+            F.conv2d(source, state[f"conf.{k}.weight"], state[f"conf.{k}.bias"], padding=1)
+            .permute(0, 2, 3, 1)
+            .contiguous()
+        )
+    loc_flat = torch.cat([o.view(o.size(0), -1) for o in loc], 1)
+    conf_flat = torch.cat([o.view(o.size(0), -1) for o in conf], 1)
+    return loc_flat.view(loc_flat.size(0), -1, 4), conf_flat.view(conf_flat.size(0), -1, num_classes)
+
+
+def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, Tensor]:
+    """A state_dict of the given shapes with small random values (scaled so activations stay O(1))."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        fan_in = max(1, int(torch.tensor(shape[1:]).prod().item())) if len(shape) > 1 else 1
+        state[key] = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
+    return state

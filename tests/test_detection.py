@@ -1,0 +1,103 @@
+"""Detect: agreement with a per-class loop NMS, caps, empty outputs."""
+
+import pytest
+import torch
+
+from data.config import prior_config
+from layers.detection import Detect
+from layers.prior_box import prior_boxes
+from tests.reference import plain_detect
+
+
+@pytest.fixture(scope="module")
+def priors() -> torch.Tensor:
+    return prior_boxes(prior_config("VOC", 300))
+
+
+def predictions(batch: int, num_priors: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    loc = torch.randn(batch, num_priors, 4, generator=g) * 0.5
+    # Background-heavy logits: a few hundred priors per class pass 0.01, as in a trained model.
+    conf = torch.randn(batch, num_priors, num_classes, generator=g) * 1.5
+    conf[..., 0] += 4.0
+    return loc, conf
+
+
+def canonical(items: list[tuple[float, int, list[float]]]) -> list[tuple[float, int, list[float]]]:
+    """Order by score, then label: equal scores of different classes have no defined order."""
+    return sorted(items, key=lambda item: (-item[0], item[1], item[2]))
+
+
+def assert_same(result: dict[str, torch.Tensor], expected: list[tuple[float, int, list[float]]]) -> None:
+    assert result["boxes"].shape == (len(expected), 4)
+    assert (result["scores"][:-1] >= result["scores"][1:]).all()
+    got = canonical(
+        list(zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].tolist(), strict=True))
+    )
+    expected = canonical(expected)
+    torch.testing.assert_close(torch.tensor([g[0] for g in got]), torch.tensor([e[0] for e in expected]))
+    assert [g[1] for g in got] == [e[1] for e in expected]
+    torch.testing.assert_close(
+        torch.tensor([g[2] for g in got]).view(-1, 4),
+        torch.tensor([e[2] for e in expected]).view(-1, 4),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("top_k", "keep_top_k", "num_classes"), [(200, None, 21), (400, 200, 21), (50, 30, 5), (8732, None, 3)]
+)
+def test_detect_equals_per_class_loop(
+    priors: torch.Tensor, top_k: int, keep_top_k: int | None, num_classes: int
+) -> None:
+    loc, conf = predictions(2, priors.shape[0], num_classes, seed=top_k)
+    detect = Detect(num_classes, conf_thresh=0.01, nms_thresh=0.45, top_k=top_k, keep_top_k=keep_top_k)
+    results = detect(loc, conf, priors)
+    expected = plain_detect(loc, conf, priors, 0.01, 0.45, top_k, keep_top_k)
+    assert len(results) == 2
+    for result, reference in zip(results, expected, strict=True):
+        assert_same(result, reference)
+
+
+def test_candidates_pass_the_threshold_per_class(priors: torch.Tensor) -> None:
+    loc, conf = predictions(1, priors.shape[0], 21, seed=5)
+    scores = conf.softmax(-1)[0, :, 1:]
+    passing = (scores > 0.01).sum(0)
+    assert passing.float().mean() > 100  # realistic load for the comparison above
+
+
+def test_keep_top_k_caps_each_image(priors: torch.Tensor) -> None:
+    loc, conf = predictions(3, priors.shape[0], 21, seed=6)
+    results = Detect(21, keep_top_k=25)(loc, conf, priors)
+    for result in results:
+        assert result["scores"].shape == (25,)
+        assert (result["scores"][:-1] >= result["scores"][1:]).all()
+        assert result["labels"].min() >= 1 and result["labels"].max() <= 20
+
+
+def test_nothing_above_threshold_gives_empty_tensors(priors: torch.Tensor) -> None:
+    loc = torch.zeros(2, priors.shape[0], 4)
+    conf = torch.zeros(2, priors.shape[0], 21)
+    conf[..., 0] = 20.0  # every prior is confidently background
+    results = Detect(21)(loc, conf, priors)
+    for result in results:
+        assert result["boxes"].shape == (0, 4)
+        assert result["scores"].shape == (0,) and result["labels"].shape == (0,)
+        assert result["labels"].dtype == torch.int64
+
+
+def test_images_do_not_suppress_each_other(priors: torch.Tensor) -> None:
+    loc, conf = predictions(1, priors.shape[0], 4, seed=7)
+    single = Detect(4)(loc, conf, priors)[0]
+    pair = Detect(4)(loc.repeat(2, 1, 1), conf.repeat(2, 1, 1), priors)
+    for result in pair:
+        torch.testing.assert_close(result["boxes"], single["boxes"])
+        torch.testing.assert_close(result["scores"], single["scores"])
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ValueError, match="nms_thresh"):
+        Detect(21, nms_thresh=1.5)
+    with pytest.raises(ValueError, match="keep_top_k"):
+        Detect(21, keep_top_k=0)

@@ -1,0 +1,114 @@
+"""The network: ssd.pytorch's state_dict layout and outputs, SSD512, variants, forward/backward."""
+
+import pytest
+import torch
+
+from data.config import prior_config
+from layers.multibox_loss import MultiBoxLoss
+from ssd import SSD, ModelConfig, build_ssd
+from tests.reference import random_state, ssd_pytorch_forward, ssd_pytorch_shapes
+
+
+@pytest.fixture(scope="module")
+def ssd300() -> SSD:
+    return build_ssd(300, 21).eval()
+
+
+def test_ssd300_state_dict_is_ssd_pytorch_layout(ssd300: SSD) -> None:
+    expected = ssd_pytorch_shapes(21)
+    got = {k: tuple(v.shape) for k, v in ssd300.state_dict().items()}
+    assert len(got) == 71
+    assert got == expected
+    convs = sorted(int(k.split(".")[1]) for k in got if k.startswith("vgg.") and k.endswith(".weight"))
+    assert convs == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28, 31, 33]
+
+
+def test_priors_are_a_buffer_outside_the_state_dict(ssd300: SSD) -> None:
+    assert "priors" not in ssd300.state_dict()
+    assert "priors" in dict(ssd300.named_buffers())
+    assert ssd300.priors.shape == (8732, 4)
+    assert ssd300.to(torch.float64).priors.dtype == torch.float64  # follows .to() like any buffer
+    ssd300.float()
+
+
+def test_loaded_ssd_pytorch_weights_give_its_outputs(ssd300: SSD) -> None:
+    state = random_state(ssd_pytorch_shapes(21), seed=1)
+    ssd300.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 300, 300, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loc, conf = ssd300(x)
+        ref_loc, ref_conf = ssd_pytorch_forward(state, x, 21)
+    assert loc.shape == (2, 8732, 4) and conf.shape == (2, 8732, 21)
+    torch.testing.assert_close(loc, ref_loc, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conf, ref_conf, rtol=1e-4, atol=1e-4)
+
+
+def test_forward_is_the_same_in_train_and_eval_mode() -> None:
+    model = build_ssd(300, 4, width=0.125)
+    x = torch.randn(1, 3, 300, 300)
+    with torch.no_grad():
+        train_out = model.train()(x)
+        eval_out = model.eval()(x)
+    for a, b in zip(train_out, eval_out, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_ssd512_follows_the_paper() -> None:
+    model = build_ssd(512, 21, width=0.25)
+    state = model.state_dict()
+    assert model.priors.shape == (24564, 4)
+    assert len(model.extras) == 10 and len(model.loc) == 7
+    assert tuple(state["extras.9.weight"].shape[2:]) == (4, 4)  # conv12's 4x4 kernel
+    with torch.no_grad():
+        loc, conf = model(torch.zeros(1, 3, 512, 512))
+    assert loc.shape == (1, 24564, 4) and conf.shape == (1, 24564, 21)
+    full = build_ssd(512, 81, priors="COCO")
+    assert sum(p.numel() for p in full.extras.parameters()) > 0
+    assert full.state_dict()["conf.6.weight"].shape == (4 * 81, 256, 3, 3)
+
+
+@pytest.mark.parametrize(("width", "batch_norm"), [(0.125, True), (0.5, False)])
+def test_variants_keep_the_prior_count(width: float, batch_norm: bool) -> None:
+    model = build_ssd(300, 9, priors="COCO", width=width, batch_norm=batch_norm)
+    with torch.no_grad():
+        loc, conf = model.eval()(torch.zeros(2, 3, 300, 300))
+    assert loc.shape == (2, 8732, 4) and conf.shape == (2, 8732, 9)
+    assert model.L2Norm.weight.shape == (int(512 * width),)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == batch_norm
+
+
+def test_l2norm_starts_at_twenty(ssd300: SSD) -> None:
+    fresh = build_ssd()
+    assert torch.all(fresh.L2Norm.weight == 20.0)
+
+
+def test_bad_configurations_are_named() -> None:
+    with pytest.raises(ValueError, match="one of \\[300, 512\\]"):
+        SSD(ModelConfig(size=400, num_classes=21, priors=prior_config("VOC", 300)))
+    with pytest.raises(ValueError, match="prior config is for 512"):
+        SSD(ModelConfig(size=300, num_classes=21, priors=prior_config("VOC", 512)))
+    with pytest.raises(ValueError, match="num_classes"):
+        build_ssd(300, 1)
+
+
+def test_short_cpu_training_reduces_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_ssd(300, 3, width=0.125, batch_norm=True).train()
+    criterion = MultiBoxLoss(3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    images = torch.randn(2, 3, 300, 300)
+    targets = [
+        torch.tensor([[0.1, 0.1, 0.5, 0.6, 0.0]]),
+        torch.tensor([[0.4, 0.3, 0.9, 0.8, 1.0], [0.0, 0.0, 0.2, 0.2, 0.0]]),
+    ]
+    losses = []
+    for _ in range(8):
+        loc, conf = model(images)
+        loss_l, loss_c = criterion(loc, conf, model.priors, targets)
+        loss = loss_l + loss_c
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

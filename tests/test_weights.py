@@ -1,0 +1,180 @@
+"""Loading ssd.pytorch/fork/project checkpoints and the VGG base; converting torchvision's VGG-16."""
+
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssd import build_ssd
+from tests.reference import random_state, ssd_pytorch_shapes
+from utils.convert_vgg import convert_torchvision_vgg16
+from utils.weights import atomic_save, load_base_weights, load_model_weights, read_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ssd_pytorch_state() -> OrderedDict:
+    return OrderedDict(random_state(ssd_pytorch_shapes(21), seed=3))
+
+
+def assert_loaded(model: torch.nn.Module, state: dict) -> None:
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_raw_ssd_pytorch_state_dict(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:
+    path = tmp_path / "ssd300_mAP_77.43_v2.pth"
+    torch.save(ssd_pytorch_state, path)
+    model = build_ssd(300, 21)
+    load_model_weights(model, path)
+    assert_loaded(model, ssd_pytorch_state)
+
+
+def test_data_parallel_prefix(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:
+    path = tmp_path / "ddp.pth"
+    torch.save(OrderedDict((f"module.{k}", v) for k, v in ssd_pytorch_state.items()), path)
+    model = build_ssd(300, 21)
+    load_model_weights(model, path)
+    assert_loaded(model, ssd_pytorch_state)
+
+
+def test_project_checkpoint_format(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:
+    path = tmp_path / "last.pth"
+    atomic_save({"model": dict(ssd_pytorch_state), "epoch": 3, "class_names": ["a", "b"]}, path)
+    model = build_ssd(300, 21)
+    checkpoint = load_model_weights(model, path)
+    assert checkpoint["epoch"] == 3 and checkpoint["class_names"] == ["a", "b"]
+    assert_loaded(model, ssd_pytorch_state)
+
+
+def test_other_class_count_names_file_and_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "cityscapes.pth"
+    torch.save(random_state(ssd_pytorch_shapes(9)), path)
+    with pytest.raises(ValueError) as info:
+        load_model_weights(build_ssd(300, 21), path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "conf.0.weight: file (36, 512, 3, 3) vs model (84, 512, 3, 3)" in message
+
+
+def test_skip_conf_fine_tunes_to_a_new_class_set(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:
+    path = tmp_path / "voc.pth"
+    torch.save(ssd_pytorch_state, path)
+    model = build_ssd(300, 9)
+    fresh_conf = model.conf[0].weight.detach().clone()
+    load_model_weights(model, path, skip_conf=True)
+    assert torch.equal(model.vgg[0].weight, ssd_pytorch_state["vgg.0.weight"])
+    assert torch.equal(model.loc[3].bias, ssd_pytorch_state["loc.3.bias"])
+    assert torch.equal(model.conf[0].weight, fresh_conf)
+
+
+def test_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothere.pth does not exist"):
+        read_checkpoint(tmp_path / "nothere.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(os.urandom(512))
+    with pytest.raises(ValueError, match="junk.pth is not a loadable PyTorch checkpoint"):
+        read_checkpoint(junk)
+    listing = tmp_path / "list.pth"
+    torch.save([1, 2, 3], listing)
+    with pytest.raises(ValueError, match="holds a list"):
+        read_checkpoint(listing)
+
+
+class Payload:
+    """An arbitrary object: pickling it into a checkpoint must not make loading run code."""
+
+
+def test_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "extra": Payload()}, path)
+    with pytest.raises(ValueError, match="evil.pth is not a loadable PyTorch checkpoint"):
+        read_checkpoint(path)
+
+
+def test_vgg_reducedfc_base(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:
+    base = {k[len("vgg.") :]: v for k, v in ssd_pytorch_state.items() if k.startswith("vgg.")}
+    assert sorted(base)[:2] == ["0.bias", "0.weight"] and len(base) == 30
+    path = tmp_path / "vgg16_reducedfc.pth"
+    torch.save(base, path)
+    model = build_ssd(300, 21)
+    load_base_weights(model, path)
+    assert torch.equal(model.vgg[31].weight, base["31.weight"])
+    with pytest.raises(ValueError, match="VGG-16 base"):
+        load_base_weights(build_ssd(300, 21, width=0.5), path)
+
+
+def fake_torchvision_vgg16() -> dict[str, torch.Tensor]:
+    """torchvision vgg16's state_dict shapes, each tensor filled with its own flat index (so picks are traceable)."""
+    convs = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256), 14: (256, 256),
+             17: (512, 256), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512)}  # fmt: skip
+    state = {}
+    for i, (cout, cin) in convs.items():
+        state[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3)
+        state[f"features.{i}.bias"] = torch.randn(cout)
+    state["classifier.0.weight"] = torch.arange(4096 * 25088, dtype=torch.float32).view(4096, 25088)
+    state["classifier.0.bias"] = torch.arange(4096, dtype=torch.float32)
+    state["classifier.3.weight"] = torch.arange(4096 * 4096, dtype=torch.float32).view(4096, 4096)
+    state["classifier.3.bias"] = -torch.arange(4096, dtype=torch.float32)
+    state["classifier.6.weight"] = torch.zeros(1000, 4096)
+    state["classifier.6.bias"] = torch.zeros(1000)
+    return state
+
+
+def test_convert_torchvision_vgg16(tmp_path: Path) -> None:
+    tv = fake_torchvision_vgg16()
+    out = convert_torchvision_vgg16(tv)
+    assert out["31.weight"].shape == (1024, 512, 3, 3) and out["33.weight"].shape == (1024, 1024, 1, 1)
+    fc6, fc7 = tv["classifier.0.weight"], tv["classifier.3.weight"]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):  # fc6 row 4o, input channel c, tap (3y, 3x) of the 7x7 grid
+        o, c = int(torch.randint(1024, (1,), generator=g)), int(torch.randint(512, (1,), generator=g))
+        y, x = int(torch.randint(3, (1,), generator=g)), int(torch.randint(3, (1,), generator=g))
+        assert out["31.weight"][o, c, y, x] == fc6[4 * o, c * 49 + 3 * y * 7 + 3 * x]
+        i = int(torch.randint(1024, (1,), generator=g))
+        assert out["33.weight"][o, i, 0, 0] == fc7[4 * o, 4 * i]
+        assert out["31.bias"][o] == 4 * o and out["33.bias"][o] == -4 * o
+    assert torch.equal(out["28.weight"], tv["features.28.weight"])
+    path = tmp_path / "vgg16_reducedfc_torchvision.pth"
+    atomic_save(out, path)
+    model = build_ssd(300, 21)
+    load_base_weights(model, path)
+    assert torch.equal(model.vgg[33].weight, out["33.weight"])
+
+
+def test_convert_rejects_other_networks() -> None:
+    with pytest.raises(ValueError, match="not a torchvision VGG-16"):
+        convert_torchvision_vgg16({"features.0.weight": torch.zeros(1)})
+
+
+def test_atomic_save_survives_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pth"
+    atomic_save({"model": {"w": torch.ones(3)}}, path)
+    real_save = torch.save
+
+    def crash_midway(obj, handle, *args, **kwargs):
+        handle.write(b"partial bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left behind
+
+
+def test_convert_cli_reports_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "utils/convert_vgg.py", "--input", str(tmp_path / "vgg16.pth"), "--output", str(tmp_path / "o.pth")],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: weights file {tmp_path / 'vgg16.pth'} does not exist; check the path (see README, 'Weights')"
+    ]
