@@ -1,0 +1,9 @@
+#!/bin/sh
+# COCO 2014 train/val images and instance annotations into <directory>/coco (default directory: ~/data).
+# Usage: sh data/scripts/COCO2014.sh [directory]
+set -eu
+. "$(dirname "$0")/_fetch.sh"
+fetch_and_unpack "${1:-$HOME/data}/coco" \
+  http://images.cocodataset.org/zips/train2014.zip \
+  http://images.cocodataset.org/zips/val2014.zip \
+  http://images.cocodataset.org/annotations/annotations_trainval2014.zip

@@ -1,0 +1,179 @@
+"""A synthetic VOC-format detection dataset of coloured shapes, for the demo, the tests and CPU runs.
+
+Each image is ``size`` x ``size`` with 1-6 objects (circle, square, triangle, star) of 20-150 px, random
+colours and rotations, partial overlaps (at most 40% of the smaller box hidden), on a noisy gradient background with line clutter. Everything is
+drawn from a generator seeded by (seed, split, index), so the same command writes the same files.
+
+    python -m data.shapes --out data/shapes --train 2000 --test 300 --seed 0
+
+writes ``JPEGImages/``, ``Annotations/`` and ``ImageSets/Main/{trainval,test}.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data.config import SHAPES_CLASSES
+from data.voc import write_voc_annotation
+
+MIN_SIZE, MAX_SIZE = 20, 150
+MAX_OBJECTS = 6
+MAX_COVERED = 0.4  # at most this fraction of the smaller of two boxes may lie under the other
+SPLITS = {"trainval": 0, "test": 1}
+
+
+def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray | None:
+    """Vertices [V, 2] of a shape centred on its box at (cx, cy), whose box's longer side is ``size``;
+    None for a circle."""
+    if kind == "circle":
+        return None
+    if kind == "square":
+        radius, corners = size / math.sqrt(2), [math.pi / 4 + k * math.pi / 2 for k in range(4)]
+        points = [(radius * math.cos(a + angle), radius * math.sin(a + angle)) for a in corners]
+    elif kind == "triangle":
+        radius = size / math.sqrt(3)
+        points = [
+            (radius * math.cos(a + angle), radius * math.sin(a + angle))
+            for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+        ]
+    elif kind == "star":
+        outer, inner = size / 2, size / 2 * 0.45
+        points = [
+            ((outer if k % 2 == 0 else inner) * math.cos(-math.pi / 2 + k * math.pi / 5 + angle),
+             (outer if k % 2 == 0 else inner) * math.sin(-math.pi / 2 + k * math.pi / 5 + angle))
+            for k in range(10)
+        ]  # fmt: skip
+    else:
+        raise ValueError(f"unknown shape {kind!r}")
+    vertices = np.array(points, np.float64)
+    low, high = vertices.min(0), vertices.max(0)
+    vertices = (vertices - (low + high) / 2) * (size / (high - low).max())  # rotation changes the extent
+    return vertices + [cx, cy]
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A two-colour gradient with Gaussian noise and random line clutter, uint8 [size, size, 3]."""
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    theta = rng.uniform(0, 2 * math.pi)
+    ramp = np.linspace(0, 1, size)
+    t = np.clip(0.5 + (np.cos(theta) * (ramp[None, :] - 0.5) + np.sin(theta) * (ramp[:, None] - 0.5)), 0, 1)
+    image = c0 + (c1 - c0) * t[..., None]
+    image += rng.normal(0, rng.uniform(4, 18), image.shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(0, 7))):
+        p0, p1 = rng.integers(0, size, 2), rng.integers(0, size, 2)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.line(
+            image, tuple(int(v) for v in p0), tuple(int(v) for v in p1), colour, int(rng.integers(1, 4)), cv2.LINE_AA
+        )
+    return image
+
+
+def _covered(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection of boxes a and b over the area of the smaller one."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / smaller
+
+
+def draw_sample(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one image.
+
+    Returns:
+        image (uint8 [size, size, 3] BGR), boxes (float [N, 4] 0-based pixel xyxy, the shapes' exact extents)
+        and labels (int64 [N], indices into ``SHAPES_CLASSES``), N in 1..6.
+    """
+    image = _background(rng, size)
+    boxes: list[np.ndarray] = []
+    labels: list[int] = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        for _attempt in range(30):
+            label = int(rng.integers(len(SHAPES_CLASSES)))
+            extent = math.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE)))  # more small objects than large
+            angle = rng.uniform(0, 2 * math.pi) if SHAPES_CLASSES[label] != "square" else rng.uniform(-0.35, 0.35)
+            half = extent / 2 + 2
+            cx, cy = rng.uniform(half, size - half), rng.uniform(half, size - half)
+            polygon = _polygon(SHAPES_CLASSES[label], cx, cy, extent, angle)
+            if polygon is None:
+                box = np.array([cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2])
+            else:
+                box = np.concatenate([polygon.min(0), polygon.max(0)])
+            if all(_covered(box, other) <= MAX_COVERED for other in boxes):
+                break
+        else:
+            continue
+        # A colour far from the background under the shape, so every object stays visible.
+        x0, y0, x1, y1 = (int(v) for v in np.clip(box, 0, size - 1))
+        under = image[y0 : y1 + 1, x0 : x1 + 1].reshape(-1, 3).mean(0)
+        colour = rng.uniform(0, 255, 3)
+        while np.linalg.norm(colour - under) < 120:
+            colour = rng.uniform(0, 255, 3)
+        fill = tuple(float(c) for c in colour)
+        if polygon is None:
+            centre = (int(round(cx * 16)), int(round(cy * 16)))
+            cv2.circle(image, centre, int(round(extent / 2 * 16)), fill, -1, cv2.LINE_AA, shift=4)
+        else:
+            cv2.fillPoly(image, [np.round(polygon * 16).astype(np.int32)], fill, cv2.LINE_AA, shift=4)
+        boxes.append(box)
+        labels.append(label)
+    boxes_array = np.clip(np.array(boxes, np.float32).reshape(-1, 4), 0, size - 1)
+    return image, boxes_array, np.array(labels, np.int64)
+
+
+def generate(out: str | Path, num_train: int, num_test: int, seed: int = 0, size: int = 300) -> dict[str, int]:
+    """Write the dataset under ``out``; returns the number of objects per class."""
+    out = Path(out)
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    counts = dict.fromkeys(SHAPES_CLASSES, 0)
+    for split, count in (("trainval", num_train), ("test", num_test)):
+        ids = []
+        for index in range(count):
+            rng = np.random.default_rng((seed, SPLITS[split], index))
+            image, boxes, labels = draw_sample(rng, size)
+            image_id = f"{split}_{index:06d}"
+            if not cv2.imwrite(str(out / "JPEGImages" / f"{image_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                raise OSError(f"could not write {out / 'JPEGImages' / image_id}.jpg")
+            objects = [(SHAPES_CLASSES[label], box) for label, box in zip(labels, boxes, strict=True)]
+            write_voc_annotation(
+                out / "Annotations" / f"{image_id}.xml", f"{image_id}.jpg", size, size, objects, folder="shapes"
+            )
+            for label in labels:
+                counts[SHAPES_CLASSES[label]] += 1
+            ids.append(image_id)
+        (out / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    (out / "classes.txt").write_text("".join(f"{name}\n" for name in SHAPES_CLASSES))
+    return counts
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write the synthetic shapes dataset in VOC format.")
+    parser.add_argument("--out", default="data/shapes", help="output folder")
+    parser.add_argument("--train", type=int, default=2000, help="images in ImageSets/Main/trainval.txt")
+    parser.add_argument("--test", type=int, default=300, help="images in ImageSets/Main/test.txt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=300, help="image side in pixels")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.train < 0 or args.test < 0 or args.size < MAX_SIZE + 8:
+        raise ValueError(
+            f"need --train/--test >= 0 and --size >= {MAX_SIZE + 8}, got {args.train}/{args.test}/{args.size}"
+        )
+    counts = generate(args.out, args.train, args.test, args.seed, args.size)
+    print(f"wrote {args.train} train and {args.test} test images to {args.out}; objects: {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main, get_args_parser()))

@@ -1,0 +1,70 @@
+"""Writers of small datasets in the real on-disk formats (VOC XML + JPEG/PNG, COCO JSON, Cityscapes gtFine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0) -> np.ndarray:
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+    return cv2.imread(str(path))
+
+
+def voc_xml(width: int, height: int, objects: list[tuple[str, tuple, int]]) -> str:
+    """A VOC annotation: objects are (name, (xmin, ymin, xmax, ymax) 1-based, difficult)."""
+    parts = [f"<annotation><folder>VOC2007</folder><filename>x.jpg</filename><size><width>{width}</width>"
+             f"<height>{height}</height><depth>3</depth></size>"]  # fmt: skip
+    for name, (x0, y0, x1, y1), difficult in objects:
+        parts.append(
+            f"<object><name>{name}</name><pose>Left</pose><truncated>0</truncated><difficult>{difficult}</difficult>"
+            f"<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        )
+    parts.append("</annotation>")
+    return "".join(parts)
+
+
+def write_voc_folder(folder: Path, split: str, samples: dict[str, tuple[int, int, list]], suffix: str = ".jpg") -> None:
+    """samples: image_id -> (width, height, objects) ; writes image, XML and the split file."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for k, (image_id, (width, height, objects)) in enumerate(samples.items()):
+        write_image(folder / "JPEGImages" / f"{image_id}{suffix}", width, height, seed=k)
+        (folder / "Annotations" / f"{image_id}.xml").write_text(voc_xml(width, height, objects))
+    listing = folder / "ImageSets" / "Main" / f"{split}.txt"
+    with listing.open("a") as handle:
+        handle.writelines(f"{image_id}\n" for image_id in samples)
+
+
+def write_coco(
+    root: Path,
+    image_set: str,
+    images: list[dict],
+    annotations: list[dict],
+    categories: list[dict],
+    nested: bool = False,
+) -> None:
+    """A COCO instances file and its images (``root/<set>`` or, nested, ``root/images/<set>``)."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    image_dir = root / "images" / image_set if nested else root / image_set
+    for k, info in enumerate(images):
+        write_image(image_dir / info["file_name"], info["width"], info["height"], seed=k)
+    payload = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "annotations" / f"instances_{image_set}.json").write_text(json.dumps(payload))
+
+
+def write_cityscapes_image(root: Path, tree: str, split: str, city: str, name: str, width: int, height: int) -> None:
+    write_image(root / tree / split / city / name, width, height)
+
+
+def write_gtfine(
+    root: Path, split: str, city: str, image_id: str, width: int, height: int, objects: list[dict]
+) -> None:
+    path = root / "gtFine" / split / city / f"{image_id}_gtFine_polygons.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"imgHeight": height, "imgWidth": width, "objects": objects}))

@@ -1,0 +1,247 @@
+"""SSD's training augmentation (SSD §2.2 "Data augmentation", §3.6) and the test-time transform.
+
+Both take ``(image, boxes, labels)`` and return ``(image, boxes, labels)``:
+
+* in: ``image`` uint8 [H, W, 3] BGR (as ``cv2.imread`` gives); ``boxes`` float [N, 4] pixel xyxy; ``labels``
+  int [N];
+* out: ``image`` float32 [3, size, size] RGB, mean-subtracted (and divided by ``std`` when one is given);
+  ``boxes`` float32 [N', 4] relative xyxy in [0, 1]; ``labels`` int64 [N'].
+
+The mean is given in BGR order, the order of the image file; the output is reordered to RGB, which is what
+ssd.pytorch's released weights were trained on.
+
+:class:`SSDAugmentation` is the paper's pipeline: photometric distortion, expand ("zoom out"), random
+sample crop ("zoom in"), horizontal mirror, resize, mean subtraction. Its speed comes from three choices
+that leave the result unchanged:
+
+* the geometry (expand placement, crop rectangle) is drawn first, so the photometric steps, which act on
+  each pixel alone, run only on the part of the image that survives the crop;
+* the expand canvas is never built in full: only the crop window is filled with the mean;
+* brightness, contrast, saturation and hue run on uint8 images through lookup tables, as Caffe SSD does
+  (values saturate at 0 and 255).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # ssd.pytorch / Caffe VGG-16 (vgg16_reducedfc.pth)
+# torchvision's ImageNet normalisation expressed on 0-255 pixels, BGR order (for utils/convert_vgg.py weights).
+TORCHVISION_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
+TORCHVISION_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
+
+# Random sample crop modes, SSD §2.2: the whole image, a patch whose IoU with an object is at least
+# 0.1/0.3/0.7/0.9, or any patch (None: no IoU constraint).
+CROP_MODES: tuple[float | str | None, ...] = ("whole", 0.1, 0.3, 0.7, 0.9, None)
+_CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+_IDENTITY = np.arange(256, dtype=np.float32)
+
+
+def _to_output(image: np.ndarray, mean_bgr: np.ndarray, inv_std_bgr: np.ndarray | None, size: int) -> np.ndarray:
+    """Resize a uint8/float BGR image to ``size`` x ``size`` and normalise it into float32 [3, size, size] RGB."""
+    if image.shape[0] != size or image.shape[1] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    chw = image.transpose(2, 0, 1)[::-1]  # [3, S, S], BGR -> RGB
+    out = chw.astype(np.float32) - mean_bgr[::-1, None, None]
+    if inv_std_bgr is not None:
+        out *= inv_std_bgr[::-1, None, None]
+    return np.ascontiguousarray(out)
+
+
+def _check_inputs(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an [H, W, 3] BGR image, got shape {image.shape}")
+    if boxes.shape != (labels.shape[0], 4):
+        raise ValueError(f"expected boxes [N, 4] and labels [N], got {boxes.shape} and {labels.shape}")
+
+
+class BaseTransform:
+    """Test-time preprocessing: resize to ``size`` x ``size``, subtract the BGR ``mean``, reorder to RGB.
+
+    This is exactly the preprocessing ssd.pytorch's released weights expect. ``std`` (BGR, 0-255 units) is
+    for bases trained with a standard deviation, such as torchvision's VGG-16.
+    """
+
+    def __init__(
+        self, size: int = 300, mean: tuple[float, ...] = CAFFE_MEAN_BGR, std: tuple[float, ...] | None = None
+    ) -> None:
+        self.size = size
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.inv_std = None if std is None else 1.0 / np.asarray(std, dtype=np.float32)
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Deterministic; ``rng`` is accepted (and ignored) so every transform has one call form."""
+        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32)
+        labels = np.zeros((0,), np.int64) if labels is None else np.asarray(labels, np.int64)
+        _check_inputs(image, boxes, labels)
+        height, width = image.shape[:2]
+        relative = boxes / np.array([width, height, width, height], dtype=np.float32)
+        return _to_output(image, self.mean, self.inv_std, self.size), relative, labels
+
+
+def box_iou_numpy(boxes: np.ndarray, rect: np.ndarray) -> np.ndarray:
+    """IoU of boxes [N, 4] with one rectangle [4] (continuous, xyxy)."""
+    lt = np.maximum(boxes[:, :2], rect[:2])
+    rb = np.minimum(boxes[:, 2:], rect[2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=1)
+    area_boxes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area_rect = (rect[2] - rect[0]) * (rect[3] - rect[1])
+    return inter / (area_boxes + area_rect - inter)
+
+
+class SSDAugmentation:
+    """The SSD training augmentation.
+
+    Args:
+        size: output side (300 or 512).
+        mean: per-channel mean in BGR order, 0-255 units.
+        std: optional per-channel std in BGR order, 0-255 units.
+        max_expand: largest zoom-out factor per side (SSD: 4, i.e. up to 16x the image area).
+        crop_trials: crop rectangles tried per mode before another mode is drawn.
+        crop_modes: the modes :meth:`sample_crop` draws from (default :data:`CROP_MODES`).
+        seed: seed of the generator used when ``__call__`` gets no ``rng``.
+    """
+
+    def __init__(
+        self,
+        size: int = 300,
+        mean: tuple[float, ...] = CAFFE_MEAN_BGR,
+        std: tuple[float, ...] | None = None,
+        max_expand: float = 4.0,
+        crop_trials: int = 50,
+        crop_modes: tuple[float | str | None, ...] = CROP_MODES,
+        seed: int | None = None,
+    ) -> None:
+        self.size = size
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.inv_std = None if std is None else 1.0 / np.asarray(std, dtype=np.float32)
+        self.fill = np.clip(np.round(self.mean), 0, 255).astype(np.uint8)
+        self.max_expand = max_expand
+        self.crop_trials = crop_trials
+        self.crop_modes = crop_modes
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = self.rng if rng is None else rng
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        _check_inputs(image, boxes, labels)
+        height, width = image.shape[:2]
+
+        # Geometry first. Expand: the image sits at (left, top) of a canvas up to max_expand times larger.
+        left = top = 0
+        canvas_w, canvas_h = width, height
+        if rng.random() < 0.5:
+            ratio = rng.uniform(1.0, self.max_expand)
+            canvas_w, canvas_h = int(width * ratio), int(height * ratio)
+            left, top = int(rng.uniform(0, canvas_w - width)), int(rng.uniform(0, canvas_h - height))
+            boxes = boxes + np.array([left, top, left, top], dtype=np.float32)
+        rect, keep = self.sample_crop(boxes, canvas_w, canvas_h, rng)
+        x0, y0, x1, y1 = rect
+        boxes, labels = boxes[keep], labels[keep]
+        boxes = np.clip(boxes, [x0, y0, x0, y0], [x1, y1, x1, y1]) - np.array([x0, y0, x0, y0], dtype=np.float32)
+
+        # The part of the original image inside the crop window, in image coordinates.
+        ix0, iy0 = max(x0 - left, 0), max(y0 - top, 0)
+        ix1, iy1 = min(x1 - left, width), min(y1 - top, height)
+        patch = self.photometric(image[iy0:iy1, ix0:ix1], rng) if ix1 > ix0 and iy1 > iy0 else None
+        crop_w, crop_h = x1 - x0, y1 - y0
+        if patch is not None and patch.shape[:2] == (crop_h, crop_w):
+            window = patch
+        else:  # the window reaches into the expand filler
+            window = np.empty((crop_h, crop_w, 3), dtype=np.uint8)
+            window[:] = self.fill
+            if patch is not None:
+                ox, oy = ix0 + left - x0, iy0 + top - y0
+                window[oy : oy + patch.shape[0], ox : ox + patch.shape[1]] = patch
+
+        relative = boxes / np.array([crop_w, crop_h, crop_w, crop_h], dtype=np.float32)
+        if rng.random() < 0.5:  # mirror before resizing: OpenCV's uint8 resize is not exactly mirror-symmetric
+            window = cv2.flip(window, 1)
+            relative = np.stack([1.0 - relative[:, 2], relative[:, 1], 1.0 - relative[:, 0], relative[:, 3]], axis=1)
+        out = _to_output(window, self.mean, self.inv_std, self.size)
+        return out, relative.astype(np.float32).reshape(-1, 4), labels
+
+    def sample_crop(
+        self, boxes: np.ndarray, width: int, height: int, rng: np.random.Generator
+    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        """Draw a crop rectangle of a ``width`` x ``height`` canvas (SSD §2.2 "randomly sample a patch").
+
+        A mode is drawn from ``self.crop_modes``. A candidate patch has each side in [0.3, 1] of the canvas
+        and an aspect ratio h/w in [0.5, 2]. It is rejected when no object reaches the mode's minimum IoU
+        (as Caffe SSD's sampler; ssd.pytorch's test never rejected anything) or when no object's centre
+        lies inside it. After ``crop_trials`` rejections another mode is drawn.
+
+        Returns:
+            ``(x0, y0, x1, y1)`` integer pixel rectangle, and the bool mask [N] of boxes kept (centre inside).
+        """
+        everything = (0, 0, width, height), np.ones(len(boxes), dtype=bool)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        for _ in range(16):  # bounded: with the default modes a "whole" draw ends it with probability 1/6
+            mode = self.crop_modes[int(rng.integers(len(self.crop_modes)))]
+            if mode == "whole":
+                return everything
+            for _ in range(self.crop_trials):
+                w, h = rng.uniform(0.3 * width, width), rng.uniform(0.3 * height, height)
+                if not 0.5 <= h / w <= 2.0:
+                    continue
+                x0, y0 = int(rng.uniform(0, width - w)), int(rng.uniform(0, height - h))
+                rect = (x0, y0, int(x0 + w), int(y0 + h))
+                if rect[2] <= rect[0] or rect[3] <= rect[1]:
+                    continue
+                if len(boxes) == 0:
+                    return rect, np.zeros(0, dtype=bool)
+                if mode is not None and box_iou_numpy(boxes, np.asarray(rect, np.float32)).max() < mode:
+                    continue
+                inside = (
+                    (centres[:, 0] > rect[0])
+                    & (centres[:, 1] > rect[1])
+                    & (centres[:, 0] < rect[2])
+                    & (centres[:, 1] < rect[3])
+                )
+                if inside.any():
+                    return rect, inside
+        return everything
+
+    def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random brightness (±32), contrast (x0.5-1.5), saturation (x0.5-1.5), hue (±18°) and channel swap.
+
+        Contrast comes before or after the HSV steps with equal chance (SSD's Caffe recipe). Each step
+        happens with probability 1/2. Returns a uint8 [h, w, 3] BGR image, which is ``image`` itself when no
+        step fired (callers only read it).
+        """
+        lut = _IDENTITY
+        if rng.random() < 0.5:
+            lut = np.clip(lut + rng.uniform(-32, 32), 0, 255)
+        contrast_first = rng.random() < 0.5
+        if contrast_first and rng.random() < 0.5:
+            lut = np.clip(lut * rng.uniform(0.5, 1.5), 0, 255)
+        image = cv2.LUT(image, lut.astype(np.uint8)) if lut is not _IDENTITY else image
+
+        saturate = rng.random() < 0.5
+        alpha = rng.uniform(0.5, 1.5) if saturate else 1.0
+        shift_hue = rng.random() < 0.5
+        delta = rng.uniform(-18, 18) if shift_hue else 0.0
+        if saturate or shift_hue:
+            hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)  # uint8 hue is degrees / 2, in [0, 180)
+            hue = np.round(np.mod(_IDENTITY + delta / 2, 180))
+            hue[180:] = _IDENTITY[180:]  # unused codes
+            hsv_lut = np.stack([np.mod(hue, 180), np.clip(_IDENTITY * alpha, 0, 255), _IDENTITY], axis=1)
+            hsv = cv2.LUT(hsv, hsv_lut.astype(np.uint8).reshape(256, 1, 3))
+            image = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+        if not contrast_first and rng.random() < 0.5:
+            image = cv2.LUT(image, np.clip(_IDENTITY * rng.uniform(0.5, 1.5), 0, 255).astype(np.uint8))
+        if rng.random() < 0.5:
+            order = _CHANNEL_ORDERS[int(rng.integers(len(_CHANNEL_ORDERS)))]
+            image = image[:, :, order]
+        return image
