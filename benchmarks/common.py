@@ -1,0 +1,118 @@
+"""The benchmark harness: interleaved rounds, median/min/max, ratios against a baseline, JSON results.
+
+Every script measures its candidates and their baseline in the same process, alternating them round by
+round so that drift of the machine (heat, other load) hits both alike. Speed is reported as ratios; no test
+asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads (default: all cores)")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--rounds", type=int, default=7, help="measured rounds per candidate")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds per candidate")
+    parser.add_argument("--number", type=int, default=1, help="calls per round")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file (default: runs/bench/<name>.json)")
+    return parser
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        import cv2
+
+        cv2.setNumThreads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is visible")
+    return torch.device(args.device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    candidates: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int,
+    number: int = 1,
+    device: torch.device | None = None,
+) -> dict[str, dict[str, float]]:
+    """Time each candidate ``rounds`` times, interleaved; seconds per call: median, min, max."""
+    device = device or torch.device("cpu")
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for r in range(warmup + rounds):
+        for name, fn in candidates.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            synchronize(device)
+            if r >= warmup:
+                times[name].append((time.perf_counter() - start) / number)
+    return {
+        name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "rounds": len(ts)}
+        for name, ts in times.items()
+    }
+
+
+def machine_line(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
+
+
+def report(
+    name: str,
+    results: dict[str, dict[str, float]],
+    baseline: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    per_call_items: int = 1,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Print a table with ratios against ``baseline`` and write the JSON results."""
+    base = results[baseline]["median_s"]
+    print(f"# {name} ({machine_line(device)})")
+    print(f"{'candidate':<28}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'items/s':>10}{'speed-up':>10}")
+    for candidate, stats in results.items():
+        stats["items_per_s"] = per_call_items / stats["median_s"]
+        stats["speedup_vs_baseline"] = base / stats["median_s"]
+        print(
+            f"{candidate:<28}{stats['median_s'] * 1e3:>11.3f}{stats['min_s'] * 1e3:>9.3f}{stats['max_s'] * 1e3:>9.3f}"
+            f"{stats['items_per_s']:>10.1f}{stats['speedup_vs_baseline']:>9.2f}x"
+        )
+    payload = {
+        "benchmark": name,
+        "machine": machine_line(device),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "baseline": baseline,
+        "results": results,
+        **(extra or {}),
+    }
+    out = args.out or Path("runs/bench") / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    return payload
