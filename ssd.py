@@ -10,7 +10,7 @@ training targets in :class:`layers.multibox_loss.MultiBoxLoss`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -252,3 +252,29 @@ def build_ssd(
     """
     prior_cfg = prior_config(priors, size) if isinstance(priors, str) else priors
     return SSD(ModelConfig(size=size, num_classes=num_classes, priors=prior_cfg, width=width, batch_norm=batch_norm))
+
+
+def model_config_to_dict(config: ModelConfig) -> dict:
+    """A plain-container form of ``config`` for checkpoints (loadable with ``weights_only=True``)."""
+    return asdict(config)
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    """Inverse of :func:`model_config_to_dict`."""
+    p = data["priors"]
+    priors = PriorConfig(
+        image_size=int(p["image_size"]),
+        feature_maps=tuple(p["feature_maps"]),
+        steps=tuple(p["steps"]),
+        min_sizes=tuple(p["min_sizes"]),
+        max_sizes=tuple(p["max_sizes"]),
+        aspect_ratios=tuple(tuple(ratios) for ratios in p["aspect_ratios"]),
+        clip=bool(p.get("clip", True)),
+    )
+    return ModelConfig(
+        size=int(data["size"]),
+        num_classes=int(data["num_classes"]),
+        priors=priors,
+        width=float(data.get("width", 1.0)),
+        batch_norm=bool(data.get("batch_norm", False)),
+    )

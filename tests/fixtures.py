@@ -68,3 +68,29 @@ def write_gtfine(
     path = root / "gtFine" / split / city / f"{image_id}_gtFine_polygons.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"imgHeight": height, "imgWidth": width, "objects": objects}))
+
+
+def oracle_ssd(
+    num_classes: int, box: tuple[float, float, float, float], label: int, size: int = 300, width: float = 0.125
+):
+    """An SSD whose only detection, for any input, is ``box`` (relative xyxy) of class ``label`` (1..C-1).
+
+    All weights are zero, so every head outputs its bias. Every prior is confidently background except
+    anchor 0 of the last source layer (a 1x1 map: one prior), whose loc bias encodes ``box``.
+    """
+    import torch
+
+    from layers.box_utils import encode
+    from ssd import build_ssd
+
+    model = build_ssd(size, num_classes, width=width)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        for conf in model.conf:
+            conf.bias.view(-1, num_classes)[:, 0] = 10.0  # background everywhere
+        last = model.conf[-1].bias.view(-1, num_classes)
+        last[0, 0], last[0, label] = 0.0, 10.0
+        prior = model.priors[-model.config.priors.boxes_per_location[-1]].unsqueeze(0)
+        model.loc[-1].bias.view(-1, 4)[0] = encode(torch.tensor([box]), prior)[0]
+    return model.eval()

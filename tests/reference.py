@@ -211,3 +211,79 @@ def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str,
         fan_in = max(1, int(torch.tensor(shape[1:]).prod().item())) if len(shape) > 1 else 1
         state[key] = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
     return state
+
+
+def loop_voc_eval(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficults, cls, iou_thresh=0.5,
+                  use_07_metric=True, pixel_offset=1.0, detection_shift=0.0, via_results_file=False):  # fmt: skip
+    """py-faster-rcnn's voc_eval for one class: a Python loop over ranked detections (the classic version).
+
+    Detections are listed image by image, as in a results file, and ranked with a stable sort (the devkit's
+    MATLAB sort). With ``via_results_file`` each detection goes through ssd.pytorch's results-file line
+    ("{:.3f}" score, "{:.1f}" corners after the shift) and is parsed back. Returns the AP (nan without
+    ground truth).
+    """
+    import numpy as np
+
+    recs = {}
+    npos = 0
+    for i, (boxes, labels, difficult) in enumerate(zip(gt_boxes, gt_labels, gt_difficults, strict=True)):
+        keep = labels == cls
+        recs[i] = {"bbox": boxes[keep], "difficult": difficult[keep], "det": [False] * int(keep.sum())}
+        npos += int((~difficult[keep]).sum())
+    image_ids, confidence, bbs = [], [], []
+    for i, (boxes, labels, scores) in enumerate(zip(pred_boxes, pred_labels, pred_scores, strict=True)):
+        for box, label, score in zip(boxes, labels, scores, strict=True):
+            if label == cls:
+                image_ids.append(i)
+                if via_results_file:
+                    line = "{:.3f} {:.1f} {:.1f} {:.1f} {:.1f}".format(score, *(box + detection_shift))
+                    values = [float(v) for v in line.split()]
+                    confidence.append(values[0])
+                    bbs.append(np.array(values[1:]))
+                else:
+                    confidence.append(score)
+                    bbs.append(box + detection_shift)
+    order = sorted(range(len(confidence)), key=lambda k: -confidence[k])  # Python's sort is stable
+    tp = np.zeros(len(order))
+    fp = np.zeros(len(order))
+    for d, k in enumerate(order):
+        rec = recs[image_ids[k]]
+        bb = bbs[k]
+        ovmax, jmax = -np.inf, -1
+        for j, gt in enumerate(rec["bbox"]):
+            iw = max(min(gt[2], bb[2]) - max(gt[0], bb[0]) + pixel_offset, 0.0)
+            ih = max(min(gt[3], bb[3]) - max(gt[1], bb[1]) + pixel_offset, 0.0)
+            inter = iw * ih
+            union = (
+                (bb[2] - bb[0] + pixel_offset) * (bb[3] - bb[1] + pixel_offset)
+                + (gt[2] - gt[0] + pixel_offset) * (gt[3] - gt[1] + pixel_offset)
+                - inter
+            )
+            if inter / union > ovmax:
+                ovmax, jmax = inter / union, j
+        if ovmax > iou_thresh:
+            if not rec["difficult"][jmax]:
+                if not rec["det"][jmax]:
+                    tp[d] = 1.0
+                    rec["det"][jmax] = True
+                else:
+                    fp[d] = 1.0
+        else:
+            fp[d] = 1.0
+    if npos == 0:
+        return float("nan")
+    fp, tp = np.cumsum(fp), np.cumsum(tp)
+    rec = tp / float(npos)
+    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    if use_07_metric:
+        ap = 0.0
+        for t in np.arange(0.0, 1.1, 0.1):
+            p = 0.0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
+            ap += p / 11.0
+        return ap
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    for i in range(mpre.size - 1, 0, -1):
+        mpre[i - 1] = max(mpre[i - 1], mpre[i])
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))

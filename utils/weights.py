@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssd import SSD, build_ssd, model_config_from_dict
+
 logger = logging.getLogger(__name__)
 
 StateDict = dict[str, Tensor]
@@ -120,6 +122,19 @@ def _check_compatible(model: nn.Module, state: StateDict, source: str | Path, wh
     raise ValueError(f"{source} does not fit {what}: " + " | ".join(parts) + "." + hint)
 
 
+def _load_state(model: nn.Module, state: StateDict, path: str | Path, skip_conf: bool) -> None:
+    if skip_conf:
+        state = {k: v for k, v in state.items() if not k.startswith("conf.")}
+        own_conf = {k: v for k, v in model.state_dict().items() if k.startswith("conf.")}
+        _check_compatible(model, {**state, **own_conf}, path, "this SSD (conf heads skipped)")
+        model.load_state_dict(state, strict=False)
+        logger.info("loaded %s without its conf heads (%d tensors)", path, len(state))
+    else:
+        _check_compatible(model, state, path, "this SSD")
+        model.load_state_dict(state, strict=True)
+        logger.info("loaded %s (%d tensors)", path, len(state))
+
+
 def load_model_weights(model: nn.Module, path: str | Path, skip_conf: bool = False) -> dict[str, Any]:
     """Load an SSD checkpoint into ``model`` in place.
 
@@ -133,18 +148,38 @@ def load_model_weights(model: nn.Module, path: str | Path, skip_conf: bool = Fal
         The whole checkpoint dict (this project's checkpoints carry ``class_names``, ``model_config``...).
     """
     checkpoint = read_checkpoint(path)
-    state = extract_state_dict(checkpoint, path)
-    if skip_conf:
-        state = {k: v for k, v in state.items() if not k.startswith("conf.")}
-        own_conf = {k: v for k, v in model.state_dict().items() if k.startswith("conf.")}
-        _check_compatible(model, {**state, **own_conf}, path, "this SSD (conf heads skipped)")
-        model.load_state_dict(state, strict=False)
-        logger.info("loaded %s without its conf heads (%d tensors)", path, len(state))
-    else:
-        _check_compatible(model, state, path, "this SSD")
-        model.load_state_dict(state, strict=True)
-        logger.info("loaded %s (%d tensors)", path, len(state))
+    _load_state(model, extract_state_dict(checkpoint, path), path, skip_conf)
     return checkpoint
+
+
+def load_detector(
+    path: str | Path,
+    num_classes: int,
+    size: int = 300,
+    priors: str = "VOC",
+    device: torch.device | str = "cpu",
+) -> tuple[SSD, dict[str, Any]]:
+    """Build the SSD a checkpoint needs and load it, in eval mode on ``device``.
+
+    This project's checkpoints describe their network (``model_config``); for them ``size`` and ``priors``
+    are ignored. A raw ssd.pytorch/fork state_dict is loaded into ``build_ssd(size, num_classes, priors)``.
+
+    Raises:
+        ValueError: the checkpoint is for another number of classes than ``num_classes``, or does not fit.
+    """
+    checkpoint = read_checkpoint(path)
+    if "model_config" in checkpoint:
+        config = model_config_from_dict(checkpoint["model_config"])
+        if config.num_classes != num_classes:
+            raise ValueError(
+                f"{path} was trained for {config.num_classes - 1} classes but the dataset has {num_classes - 1}; "
+                "pick the matching --dataset or --classes"
+            )
+        model = SSD(config)
+    else:
+        model = build_ssd(size, num_classes, priors)
+    _load_state(model, extract_state_dict(checkpoint, path), path, skip_conf=False)
+    return model.to(device).eval(), checkpoint
 
 
 def load_base_weights(model: nn.Module, path: str | Path) -> None:

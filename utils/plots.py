@@ -1,0 +1,44 @@
+"""Figures: precision-recall curves and training curves (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_pr_curves(
+    path: str | Path,
+    class_names: Sequence[str],
+    recalls: Sequence[np.ndarray],
+    precisions: Sequence[np.ndarray],
+    aps: Sequence[float],
+    title: str = "",
+) -> None:
+    """One figure with the precision-recall curve of every class; the legend gives each AP."""
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    for name, recall, precision, ap in zip(class_names, recalls, precisions, aps, strict=True):
+        if np.isnan(ap):
+            continue
+        if len(recall):
+            envelope = np.maximum.accumulate(precision[::-1])[::-1]
+            ax.plot(
+                np.concatenate([[0], recall]),
+                np.concatenate([[envelope[0]], envelope]),
+                linewidth=1.2,
+                label=f"{name} {ap:.3f}",
+            )
+        else:
+            ax.plot([], [], label=f"{name} {ap:.3f}")
+    mean_ap = np.nanmean(aps) if np.isfinite(aps).any() else float("nan")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"{title} mAP {mean_ap:.4f}".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(class_names) > 10 else 1, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
