@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +32,10 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: negatives mined per positive (SSD: 3).
         variances: encoding variances.
         empty_image_negatives: negatives mined in an image with no ground truth.
+        normalizer: maps this batch's number of positives to the number both terms are divided by. Under
+            DDP, ``lambda n: all_reduce_sum(n).clamp(min=1) / world_size`` divides by the global batch's
+            count over the number of processes, so the averaged gradients equal a single process's on the
+            whole batch. Default: ``n.clamp(min=1)``.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: int = 3,
         variances: Variances = DEFAULT_VARIANCES,
         empty_image_negatives: int = 100,
+        normalizer: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -48,6 +55,7 @@ class MultiBoxLoss(nn.Module):
         self.neg_pos_ratio = neg_pos_ratio
         self.variances = variances
         self.empty_image_negatives = empty_image_negatives
+        self.normalizer = normalizer
 
     def forward(
         self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor, targets: list[Tensor]
@@ -95,5 +103,6 @@ class MultiBoxLoss(nn.Module):
             negative = (rank < num_neg) & ~positive  # [B, P]
 
         loss_c = conf_loss[positive | negative].sum()
-        total_pos = num_pos.sum().clamp(min=1).to(loss_l.dtype)
+        total_pos = num_pos.sum().to(loss_l.dtype)
+        total_pos = total_pos.clamp(min=1) if self.normalizer is None else self.normalizer(total_pos)
         return loss_l / total_pos, loss_c / total_pos

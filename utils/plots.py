@@ -42,3 +42,23 @@ def plot_pr_curves(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_training(path: str | Path, records: Sequence[dict]) -> None:
+    """``results.png``: losses, learning rate and mAP per epoch, from the epoch records of ``log.txt``."""
+    epochs = [r["epoch"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=100)
+    for key in ("loss", "loss_l", "loss_c"):
+        axes[0].plot(epochs, [r[key] for r in records], marker=".", label=key)
+    axes[0].set(xlabel="epoch", title="training loss")
+    axes[0].legend()
+    axes[1].plot(epochs, [r["lr"] for r in records], marker=".")
+    axes[1].set(xlabel="epoch", title="learning rate (end of epoch)")
+    evaluated = [r for r in records if r.get("map") is not None]
+    axes[2].plot([r["epoch"] for r in evaluated], [r["map"] for r in evaluated], marker="o", color="tab:green")
+    axes[2].set(xlabel="epoch", title="mAP", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -117,8 +117,10 @@ def _check_compatible(model: nn.Module, state: StateDict, source: str | Path, wh
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
     hint = ""
-    if any(k.startswith("conf.") for k in (m.split(":")[0] for m in mismatched)):
-        hint = " The class count differs: pass --num_classes/--dataset of the checkpoint, or load with skip_conf to fine-tune."
+    if mismatched and not (missing or unexpected) and all(m.startswith("conf.") for m in mismatched):
+        hint = (
+            " Only the class count differs: pick the checkpoint's --dataset/--classes, or fine-tune it with --finetune."
+        )
     raise ValueError(f"{source} does not fit {what}: " + " | ".join(parts) + "." + hint)
 
 

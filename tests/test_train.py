@@ -1,0 +1,179 @@
+"""train.py on tiny shapes sets: smoke run, exact resume, DDP equivalence, the NaN guard and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from data.shapes import generate
+from layers.multibox_loss import MultiBoxLoss
+from utils.weights import load_detector, read_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    generate(root, 8, 4, seed=2)
+    return root
+
+
+def args_for(shapes: Path, project: Path, *extra: str) -> list[str]:
+    return ["--dataset", "Shapes", "--dataset_root", str(shapes), "--basenet", "none", "--width", "0.125",
+            "--batch_size", "4", "--num_workers", "0", "--optimizer", "adamw", "--lr", "1e-3", "--device", "cpu",
+            "--eval_interval", "0", "--project", str(project), *extra]  # fmt: skip
+
+
+def run_main(argv: list[str]) -> int:
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+def losses(run_dir: Path) -> list[float]:
+    """loss_l, loss_c of every epoch, flattened."""
+    return [r[k] for r in map(json.loads, (run_dir / "log.txt").read_text().splitlines()) for k in ("loss_l", "loss_c")]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_smoke_run_writes_a_loadable_checkpoint(shapes: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args_for(shapes, tmp_path / "runs", "--end_epoch", "1", "--batch_norm", "--eval_interval", "1")],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "exp1"
+    for name in ("args.json", "last.pth", "log.txt", "results.csv", "results.png"):
+        assert (run / name).is_file(), name
+    record = json.loads((run / "log.txt").read_text())
+    assert (
+        record["epoch"] == 1
+        and record["iteration"] == 2
+        and "map" in record
+        and set(record["ap"]) == {"circle", "square", "triangle", "star"}
+    )
+    model, checkpoint = load_detector(run / "last.pth", num_classes=5)
+    assert checkpoint["class_names"] == ["circle", "square", "triangle", "star"] and model.config.batch_norm
+    assert {
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "iteration",
+        "best_map",
+        "rng",
+        "model_config",
+    } <= checkpoint.keys()
+    torch.save(checkpoint["model"], tmp_path / "plain.pth")  # alone, the weights do not say their width
+    with pytest.raises(
+        ValueError,
+        match="plain.pth does not fit this SSD: .*vgg.0.weight: file \\(8, 3, 3, 3\\) vs model \\(64, 3, 3, 3\\)",
+    ):
+        load_detector(tmp_path / "plain.pth", num_classes=5, size=300)
+
+
+def test_resume_at_an_epoch_boundary_is_exact(shapes: Path, tmp_path: Path) -> None:
+    assert run_main(args_for(shapes, tmp_path / "a", "--end_epoch", "3")) == 0
+    assert run_main(args_for(shapes, tmp_path / "b", "--end_epoch", "3", "--epochs_per_run", "1")) == 0
+    assert losses(tmp_path / "b" / "exp1") == losses(tmp_path / "a" / "exp1")[:2]
+    assert run_main(["--resume", "auto", "--project", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    assert losses(tmp_path / "b" / "exp1") == pytest.approx(losses(tmp_path / "a" / "exp1"), abs=1e-6)
+    assert_same_weights(tmp_path / "a" / "exp1" / "last.pth", tmp_path / "b" / "exp1" / "last.pth")
+
+
+def test_ctrl_c_saves_and_resumes_mid_epoch(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_main(args_for(shapes, tmp_path / "a", "--end_epoch", "2")) == 0
+    calls = {"n": 0}
+    real_forward = MultiBoxLoss.forward
+
+    def interrupt_third_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first step of epoch 2
+            raise KeyboardInterrupt
+        return real_forward(self, *args)
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", interrupt_third_step)
+    assert run_main(args_for(shapes, tmp_path / "b", "--end_epoch", "2")) == 130
+    saved = read_checkpoint(tmp_path / "b" / "exp1" / "last.pth")
+    assert (saved["epoch"], saved["epoch_step"], saved["iteration"]) == (1, 0, 2)
+    monkeypatch.setattr(MultiBoxLoss, "forward", real_forward)
+    assert run_main(["--resume", str(tmp_path / "b" / "exp1" / "last.pth"), "--device", "cpu"]) == 0
+    assert_same_weights(tmp_path / "a" / "exp1" / "last.pth", tmp_path / "b" / "exp1" / "last.pth")
+
+
+def test_ddp_with_gloo_equals_one_process(shapes: Path, tmp_path: Path) -> None:
+    # SGD (the paper's optimiser): its step is linear in the gradient, so the all-reduce's different summation
+    # order stays at float rounding. Adam divides by sqrt(v) and can turn such rounding on near-zero
+    # gradients into full-size steps.
+    sgd = ("--optimizer", "sgd", "--lr", "1e-3", "--end_epoch", "2")
+    assert run_main(args_for(shapes, tmp_path / "single", *sgd)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+         str(ROOT / "train.py"), *args_for(shapes, tmp_path / "ddp", *sgd)],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(tmp_path / "ddp" / "exp1") == pytest.approx(losses(tmp_path / "single" / "exp1"), rel=1e-4)
+    wa, wb = weights(tmp_path / "single" / "exp1" / "last.pth"), weights(tmp_path / "ddp" / "exp1" / "last.pth")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert not (tmp_path / "ddp" / "exp2").exists()  # only rank 0 writes
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    calls = {"n": 0}
+    real_forward = MultiBoxLoss.forward
+
+    def nan_on_third_step(self, *args):
+        calls["n"] += 1
+        loss_l, loss_c = real_forward(self, *args)
+        return (loss_l * float("nan"), loss_c) if calls["n"] == 3 else (loss_l, loss_c)
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", nan_on_third_step)
+    assert run_main(args_for(shapes, tmp_path / "runs", "--end_epoch", "2")) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: non-finite loss at iteration 2 (epoch 2, lr ") and "loss_l=nan" in message
+    saved = read_checkpoint(tmp_path / "runs" / "exp1" / "last.pth")
+    assert saved["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point()
+    )
+
+
+def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=cwd, capture_output=True, text=True)
+
+
+def test_bad_input_is_one_line(shapes: Path, tmp_path: Path) -> None:
+    missing_root = run_cli(
+        "--dataset", "Shapes", "--dataset_root", str(tmp_path / "nope"), "--basenet", "none", cwd=tmp_path
+    )
+    assert missing_root.returncode == 2 and "Traceback" not in missing_root.stderr
+    assert (
+        missing_root.stderr.strip().splitlines()[-1]
+        == f"error: dataset folder {tmp_path / 'nope'} does not exist; check --dataset_root"
+    )
+    no_basenet = run_cli("--dataset", "Shapes", "--dataset_root", str(shapes), "--batch_size", "4", cwd=tmp_path)
+    assert no_basenet.returncode == 2 and "Traceback" not in no_basenet.stderr
+    assert (
+        "base network weights/vgg16_reducedfc.pth does not exist" in no_basenet.stderr
+        and "--basenet none" in no_basenet.stderr
+    )
+    no_root = run_cli("--dataset", "Shapes", cwd=tmp_path)
+    assert no_root.returncode == 2 and "--dataset_root is required" in no_root.stderr
