@@ -160,11 +160,14 @@ def load_detector(
     size: int = 300,
     priors: str = "VOC",
     device: torch.device | str = "cpu",
+    check_classes: bool = True,
 ) -> tuple[SSD, dict[str, Any]]:
     """Build the SSD a checkpoint needs and load it, in eval mode on ``device``.
 
     This project's checkpoints describe their network (``model_config``); for them ``size`` and ``priors``
-    are ignored. A raw ssd.pytorch/fork state_dict is loaded into ``build_ssd(size, num_classes, priors)``.
+    are ignored, and ``num_classes`` is only checked (``check_classes``: evaluation needs the dataset's
+    class count; inference takes the checkpoint's). A raw ssd.pytorch/fork state_dict is loaded into
+    ``build_ssd(size, num_classes, priors)``.
 
     Raises:
         ValueError: the checkpoint is for another number of classes than ``num_classes``, or does not fit.
@@ -172,7 +175,7 @@ def load_detector(
     checkpoint = read_checkpoint(path)
     if "model_config" in checkpoint:
         config = model_config_from_dict(checkpoint["model_config"])
-        if config.num_classes != num_classes:
+        if check_classes and config.num_classes != num_classes:
             raise ValueError(
                 f"{path} was trained for {config.num_classes - 1} classes but the dataset has {num_classes - 1}; "
                 "pick the matching --dataset or --classes"

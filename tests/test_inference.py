@@ -1,0 +1,182 @@
+"""inference.py on images, folders, globs and videos; drawing at original resolution; ONNX/TorchScript export."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from data.config import SHAPES_CLASSES
+from ssd import model_config_to_dict
+from tests.fixtures import oracle_ssd
+from utils.visualization import class_color, draw_detections, make_grid, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+BOX = (0.25, 0.2, 0.75, 0.6)  # relative xyxy the oracle detects
+LABEL = 2  # network class 2 = "square"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "oracle.pth"
+    model = oracle_ssd(len(SHAPES_CLASSES) + 1, BOX, LABEL)
+    torch.save({"model": model.state_dict(), "model_config": model_config_to_dict(model.config),
+                "class_names": list(SHAPES_CLASSES), "preprocess": {"mean": [104.0, 117.0, 123.0], "std": None}}, path)  # fmt: skip
+    return path
+
+
+def grey(width: int, height: int, level: int = 128) -> np.ndarray:
+    return np.full((height, width, 3), level, np.uint8)
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "inference.py"), *args, "--device", "cpu", "--project", str(cwd / "runs")],
+                          cwd=cwd, capture_output=True, text=True)  # fmt: skip
+
+
+def colored_columns(image: np.ndarray, row: int, color: tuple[int, int, int]) -> np.ndarray:
+    return np.flatnonzero(np.abs(image[row].astype(int) - color).sum(1) < 40)
+
+
+def test_single_image_is_drawn_at_original_resolution(weights: Path, tmp_path: Path) -> None:
+    width, height = 640, 360
+    cv2.imwrite(str(tmp_path / "scene.png"), grey(width, height))
+    result = run(
+        "--weights", str(weights), "--image", str(tmp_path / "scene.png"), "--save_txt", "--save_json", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{tmp_path / 'scene.png'}: 1 square" in result.stdout
+    assert "speed per image:" in result.stdout and "ms network" in result.stdout
+    out = cv2.imread(str(tmp_path / "runs" / "exp1" / "scene.png"))
+    assert out.shape == (height, width, 3)
+    x0, y0, x1, y1 = BOX[0] * width, BOX[1] * height, BOX[2] * width, BOX[3] * height
+    columns = colored_columns(out, int((y0 + y1) / 2), class_color(LABEL - 1))
+    assert abs(columns.min() - x0) <= 2 and abs(columns.max() - x1) <= 2
+    label = (tmp_path / "runs" / "exp1" / "labels" / "scene.txt").read_text().split()
+    assert label[0] == "square" and [float(v) for v in label[2:]] == pytest.approx([x0, y0, x1, y1], abs=0.2)
+    predictions = json.loads((tmp_path / "runs" / "exp1" / "predictions.json").read_text())
+    assert predictions[0]["labels"] == ["square"] and predictions[0]["source"] == "scene.png"
+
+
+def test_below_threshold_images_are_written_unchanged(weights: Path, tmp_path: Path) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "noise.png"), image)
+    result = run("--weights", str(weights), "--source", str(tmp_path / "noise.png"), "--thresh", "1.01", cwd=tmp_path)
+    assert result.returncode == 0 and "no detections" in result.stdout
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "runs" / "exp1" / "noise.png")), image)
+
+
+def test_folder_with_a_corrupt_file_processes_the_rest(weights: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"ok{k}.jpg"), grey(100 + 20 * k, 80))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    result = run("--weights", str(weights), "--source", str(folder), "--batch_size", "2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp1").glob("*.jpg")) == ["ok0.jpg", "ok1.jpg", "ok2.jpg"]
+    assert "2 input(s) failed:" in result.stderr and "broken.jpg: not a readable image" in result.stderr
+    assert "notes.txt: unsupported extension '.txt'" in result.stderr and "Traceback" not in result.stderr
+    globbed = run("--weights", str(weights), "--source", str(folder / "ok*.jpg"), cwd=tmp_path)
+    assert globbed.returncode == 0 and len(list((tmp_path / "runs" / "exp2").glob("*.jpg"))) == 3
+
+
+def test_video_keeps_size_fps_and_frame_count(weights: Path, tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (160, 96))
+    for k in range(17):
+        writer.write(grey(160, 96, 60 + 5 * k))
+    writer.release()
+    result = run("--weights", str(weights), "--video", str(path), "--batch_size", "4", "--save_json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "clip.mp4: 17 frames (160x96 at 12.00 fps), 17 square" in result.stdout
+    out = cv2.VideoCapture(str(tmp_path / "runs" / "exp1" / "clip.mp4"))
+    frames = 0
+    while out.read()[0]:
+        frames += 1
+    assert frames == 17
+    assert (out.get(cv2.CAP_PROP_FRAME_WIDTH), out.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (160, 96)
+    assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    assert len(json.loads((tmp_path / "runs" / "exp1" / "predictions.json").read_text())) == 17
+
+
+def test_bad_sources_and_weights_are_one_line(weights: Path, tmp_path: Path) -> None:
+    (tmp_path / "doc.pdf").write_text("x")
+    unsupported = run("--weights", str(weights), "--source", str(tmp_path / "doc.pdf"), cwd=tmp_path)
+    assert unsupported.returncode == 2 and unsupported.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'doc.pdf'}: unsupported extension '.pdf'; use an image (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp) or a video"
+    ]
+    missing = run("--weights", str(weights), "--source", str(tmp_path / "nothing.jpg"), cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    cv2.imwrite(str(tmp_path / "a.png"), grey(10, 10))
+    no_weights = run("--weights", str(tmp_path / "none.pth"), "--source", str(tmp_path / "a.png"), cwd=tmp_path)
+    assert no_weights.returncode == 2 and "weights file" in no_weights.stderr and "Traceback" not in no_weights.stderr
+    (tmp_path / "fake.mp4").write_bytes(b"not a video")
+    bad_video = run("--weights", str(weights), "--source", str(tmp_path / "fake.mp4"), cwd=tmp_path)
+    assert bad_video.returncode == 1 and "fake.mp4: not a readable video" in bad_video.stderr
+
+
+def test_drawing_helpers() -> None:
+    image = grey(50, 40)
+    drawn = draw_detections(
+        image.copy(),
+        np.array([[5.0, 5.0, 30.0, 30.0], [0, 0, 10, 10]]),
+        np.array([0.9, 0.2]),
+        np.array([1, 0]),
+        ["a", "b"],
+        0.5,
+    )
+    assert (drawn != image).any() and (drawn[35:, 35:] == 128).all()  # only near the shown box
+    assert summarize(np.array([1, 1, 0]), np.array([0.9, 0.8, 0.1]), ["a", "b"], 0.5) == "2 b"
+    assert summarize(np.array([0]), np.array([0.1]), ["a"], 0.5) == "no detections"
+    assert class_color(3) == class_color(3) and class_color(0) != class_color(1)
+    assert make_grid([grey(300, 300), grey(150, 300)], columns=2).shape == (300, 604, 3)
+
+
+def test_onnx_export_parity_and_inference(weights: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    export = subprocess.run([sys.executable, str(ROOT / "utils" / "export.py"), "--weights", str(weights), "--output", str(tmp_path / "m.onnx")],
+                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    assert "(ok)" in export.stdout
+    loc_diff = float(export.stdout.split("loc ")[1].split(",")[0])
+    assert loc_diff < 1e-4
+    from utils.export import check_onnx
+    from utils.weights import load_detector
+
+    model, _ = load_detector(weights, len(SHAPES_CLASSES) + 1)
+    model.loc[0].bias.data.normal_()  # not a trivial graph: random weights through every layer
+    for param in model.parameters():
+        param.data.normal_(0, 0.05)
+    from utils.export import export_onnx
+
+    export_onnx(model, tmp_path / "random.onnx", list(SHAPES_CLASSES), {})
+    diffs = check_onnx(model, tmp_path / "random.onnx", torch.randn(2, 3, 300, 300) * 50)
+    assert max(diffs) < 1e-4
+    cv2.imwrite(str(tmp_path / "scene.png"), grey(200, 100))
+    torch_run = run("--weights", str(weights), "--source", str(tmp_path / "scene.png"), "--save_json", cwd=tmp_path)
+    onnx_run = run(
+        "--weights", str(tmp_path / "m.onnx"), "--source", str(tmp_path / "scene.png"), "--save_json", cwd=tmp_path
+    )
+    assert onnx_run.returncode == 0, onnx_run.stderr
+    a = json.loads((tmp_path / "runs" / "exp1" / "predictions.json").read_text())
+    b = json.loads((tmp_path / "runs" / "exp2" / "predictions.json").read_text())
+    assert a[0]["labels"] == b[0]["labels"] == ["square"] and torch_run.returncode == 0
+    np.testing.assert_allclose(a[0]["boxes"], b[0]["boxes"], atol=0.02)
+
+
+def test_torchscript_export(weights: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "utils" / "export.py"), "--weights", str(weights), "--format", "torchscript",
+                             "--decoded", "--output", str(tmp_path / "m.pt")], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    extra = {"class_names": "", "outputs": ""}
+    module = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    boxes, scores = module(torch.zeros(1, 3, 300, 300))
+    assert json.loads(extra["class_names"]) == list(SHAPES_CLASSES) and extra["outputs"] == b"boxes,scores"
+    best = scores[0, :, 1:].max(dim=-1).values.argmax()
+    torch.testing.assert_close(boxes[0, best], torch.tensor(BOX), atol=1e-4, rtol=0)
