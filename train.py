@@ -74,9 +74,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--keep_difficult", action="store_true", help="train on VOC 'difficult' objects too")
     data.add_argument("--skip_bad", action="store_true", help="skip unreadable images/annotations with a warning")
+    data.add_argument("--max_expand", type=float, default=4.0,
+                      help="largest zoom-out of the expand augmentation (SSD: 4; 1 turns it off, for short schedules)")  # fmt: skip
     data.add_argument("--num_workers", "--num-workers", type=int, default=4)
     model = parser.add_argument_group("model")
     model.add_argument("--size", type=int, default=300, choices=[300, 512])
+    model.add_argument("--priors", choices=["VOC", "COCO"], default=None,
+                       help="prior sizes (COCO's start smaller: better for small objects); default: the dataset's")  # fmt: skip
     model.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's VGG-16)")
     model.add_argument("--batch_norm", action="store_true", help="BatchNorm after every base/extra conv (from scratch)")
     model.add_argument(
@@ -152,7 +156,7 @@ def find_resume_checkpoint(resume: str, project: str) -> Path:
 
 
 def build_model(args: argparse.Namespace, preset: DatasetPreset) -> SSD:
-    model = build_ssd(args.size, preset.num_classes, preset.prior_family, args.width, args.batch_norm)
+    model = build_ssd(args.size, preset.num_classes, args.priors or preset.prior_family, args.width, args.batch_norm)
     if args.finetune:
         load_model_weights(model, args.finetune, skip_conf=True)
     elif args.basenet and args.basenet.lower() != "none":
@@ -217,7 +221,7 @@ class Trainer:
 
         self.preset = get_preset(args.dataset, args.classes)
         self.mean, self.std = PIXEL_NORMS[args.pixel_norm]
-        augmentation = SSDAugmentation(args.size, self.mean, self.std)
+        augmentation = SSDAugmentation(args.size, self.mean, self.std, max_expand=args.max_expand)
         self.dataset = build_dataset(self.preset, args.dataset_root, "train", augmentation, args.image_set,
                                      args.keep_difficult, args.skip_bad, args.seed)  # fmt: skip
         if len(self.dataset) < args.batch_size:

@@ -1,0 +1,90 @@
+"""(c) Detect against a straightforward per-class Python-loop NMS, on realistic inputs.
+
+The inputs are SSD300 outputs for 21 classes with background-heavy logits, so that about 300 priors per
+class pass the 0.01 threshold, as a trained model gives. The baseline is ssd.pytorch's structure: for each
+image and class, threshold, take the top 200, then greedy NMS in a Python loop.
+
+    python benchmarks/bench_detect.py --batch 1
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
+from data.config import prior_config  # noqa: E402
+from layers.box_utils import decode  # noqa: E402
+from layers.detection import Detect  # noqa: E402
+from layers.prior_box import prior_boxes  # noqa: E402
+
+
+def loop_nms(boxes: torch.Tensor, scores: torch.Tensor, overlap: float = 0.45, top_k: int = 200) -> list[int]:
+    """Greedy NMS, one box at a time (ssd.pytorch's nms)."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    order = scores.argsort()[-top_k:]
+    keep = []
+    while order.numel() > 0:
+        i = order[-1]
+        keep.append(int(i))
+        order = order[:-1]
+        if order.numel() == 0:
+            break
+        xx1, yy1 = x1[order].clamp(min=x1[i]), y1[order].clamp(min=y1[i])
+        xx2, yy2 = x2[order].clamp(max=x2[i]), y2[order].clamp(max=y2[i])
+        inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
+        iou = inter / (area[order] - inter + area[i])
+        order = order[iou <= overlap]
+    return keep
+
+
+def loop_detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, conf_thresh: float = 0.01) -> list:
+    out = []
+    scores = conf.softmax(-1)
+    for i in range(loc.shape[0]):
+        boxes = decode(loc[i], priors)
+        per_image = []
+        for cl in range(1, conf.shape[-1]):
+            mask = scores[i, :, cl] > conf_thresh
+            if mask.any():
+                keep = loop_nms(boxes[mask], scores[i, mask, cl])
+                per_image.append((cl, boxes[mask][keep], scores[i, mask, cl][keep]))
+        out.append(per_image)
+    return out
+
+
+def realistic_outputs(
+    batch: int, device: torch.device, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    priors = prior_boxes(prior_config("VOC", 300)).to(device)
+    g = torch.Generator().manual_seed(seed)
+    loc = (torch.randn(batch, priors.shape[0], 4, generator=g) * 0.5).to(device)
+    conf = torch.randn(batch, priors.shape[0], 21, generator=g) * 1.6
+    conf[..., 0] += 5.2
+    return loc, conf.to(device), priors
+
+
+def main() -> None:
+    parser = get_args_parser(__doc__.split("\n\n")[0])
+    args = parser.parse_args()
+    device = setup(args)
+    loc, conf, priors = realistic_outputs(args.batch, device)
+    passing = (conf.softmax(-1)[..., 1:] > 0.01).sum(1).float().mean().item()
+    detect = Detect(21)
+    results = measure(
+        {"per-class loop NMS": lambda: loop_detect(loc, conf, priors), "Detect": lambda: detect(loc, conf, priors)},
+        rounds=args.rounds, warmup=args.warmup, number=args.number, device=device,
+    )  # fmt: skip
+    report(f"detect_b{args.batch}", results, "per-class loop NMS", args, device, per_call_items=args.batch,
+           extra={"priors_passing_per_class": passing})  # fmt: skip
+    print(f"priors above 0.01 per class and image: {passing:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""(b) end-to-end inference: preprocess a 500x375 BGR image, run SSD300, Detect; against torchvision.
+
+Baselines: torchvision's ssd300_vgg16 called on the image (its own resize/normalise, network and
+post-processing with the same settings: score 0.01, NMS 0.45, 400 candidates, 200 per image), and a plain
+pipeline of an eager NCHW forward and the per-class loop NMS. All networks have random weights, so every
+pipeline does the NMS work of an untrained model (many candidates): an upper bound on post-processing.
+
+    python benchmarks/bench_end_to_end.py --batch 1
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.bench_detect import loop_detect  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
+from layers.detection import Detect  # noqa: E402
+from ssd import build_ssd  # noqa: E402
+from utils.augmentations import BaseTransform  # noqa: E402
+
+
+def main() -> None:
+    parser = get_args_parser(__doc__.split("\n\n")[0])
+    args = parser.parse_args()
+    device = setup(args)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(args.batch)]
+    torch.manual_seed(0)
+    model = build_ssd(300, 21).to(device).eval()
+    plain = build_ssd(300, 21).to(device).eval()
+    plain.load_state_dict(model.state_dict())
+    model.to(memory_format=torch.channels_last)
+    transform, detect = BaseTransform(300), Detect(21)
+
+    def ours() -> None:
+        batch = torch.from_numpy(np.stack([transform(image)[0] for image in images])).to(device)
+        with torch.inference_mode():
+            loc, conf = model(batch.contiguous(memory_format=torch.channels_last))
+            detect(loc, conf, model.priors)
+
+    def plain_pipeline() -> None:
+        batch = torch.from_numpy(np.stack([transform(image)[0] for image in images])).to(device)
+        with torch.no_grad():
+            loc, conf = plain(batch)
+            loop_detect(loc, conf, plain.priors)
+
+    from torchvision.models.detection import ssd300_vgg16
+
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
+
+    def torchvision_pipeline() -> None:
+        tensors = [
+            torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float().div(255).to(device) for image in images
+        ]
+        with torch.no_grad():
+            tv(tensors)
+
+    results = measure({"torchvision ssd300_vgg16": torchvision_pipeline, "plain eager + loop NMS": plain_pipeline, "SSD + Detect": ours},
+                      rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)  # fmt: skip
+    report(f"end_to_end_b{args.batch}", results, "torchvision ssd300_vgg16", args, device, per_call_items=args.batch)
+    base = results["plain eager + loop NMS"]["median_s"]
+    print(f"SSD + Detect vs plain eager + loop NMS: {base / results['SSD + Detect']['median_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

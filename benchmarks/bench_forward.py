@@ -1,0 +1,110 @@
+"""(a) network forward, (h) onnxruntime and (i) the GEMM ceiling.
+
+Candidates, SSD300 fp32 at --batch: this project's SSD (channels_last, inference_mode), the same network
+plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head (weights=None; the baseline), and
+onnxruntime on the exported graph when onnxruntime is installed. The ceiling is torch.mm's GFLOP/s with the
+same threads; the network's multiply-accumulates are counted from its convolutions.
+
+    python benchmarks/bench_forward.py --batch 1
+    python benchmarks/bench_forward.py --batch 8
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
+from ssd import build_ssd  # noqa: E402
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of every Conv2d for input ``x`` (per batch)."""
+    total = 0
+
+    def hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def gemm_gflops(device: torch.device, n: int = 2048, rounds: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    result = measure({"mm": lambda: torch.mm(a, b)}, rounds=rounds, warmup=2, device=device)
+    return 2 * n**3 / result["mm"]["median_s"] / 1e9
+
+
+def main() -> None:
+    parser = get_args_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--no_onnx", action="store_true")
+    args = parser.parse_args()
+    device = setup(args)
+    x = torch.randn(args.batch, 3, 300, 300, device=device)
+    ours = build_ssd(300, 21).to(device).eval()
+    plain = build_ssd(300, 21).to(device).eval()
+    ours_cl = ours.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    from torchvision.models.detection import ssd300_vgg16
+
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
+
+    def torchvision_forward() -> None:
+        with torch.no_grad():
+            features = list(tv.backbone(x).values())
+            tv.head(features)
+
+    def ours_forward() -> None:
+        with torch.inference_mode():
+            ours_cl(x_cl)
+
+    def plain_forward() -> None:
+        with torch.no_grad():
+            plain(x)
+
+    candidates = {
+        "torchvision ssd300_vgg16": torchvision_forward,
+        "plain eager (NCHW)": plain_forward,
+        "SSD (channels_last)": ours_forward,
+    }
+    if not args.no_onnx and device.type == "cpu":
+        try:
+            from utils.export import OnnxRunner, export_onnx
+
+            path = Path(tempfile.mkdtemp()) / "ssd300.onnx"
+            export_onnx(plain, path, [str(i) for i in range(20)], {})
+            runner = OnnxRunner(path)
+            candidates["onnxruntime"] = lambda: runner(x)
+        except ValueError as error:
+            print(f"onnxruntime skipped: {error}")
+    results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
+    macs = count_macs(plain, x[:1])
+    ceiling = gemm_gflops(device)
+    for stats in results.values():
+        stats["gflops"] = 2 * macs * args.batch / stats["median_s"] / 1e9
+        stats["fraction_of_gemm_ceiling"] = stats["gflops"] / ceiling
+    report(f"forward_b{args.batch}", results, "torchvision ssd300_vgg16", args, device, per_call_items=args.batch,
+           extra={"macs_per_image": macs, "gemm_gflops": ceiling})  # fmt: skip
+    print(f"network: {macs / 1e9:.2f} GMAC per image; torch.mm ceiling {ceiling:.1f} GFLOP/s")
+    for name, stats in results.items():
+        print(
+            f"  {name:<28}{stats['gflops']:8.1f} GFLOP/s = {100 * stats['fraction_of_gemm_ceiling']:5.1f}% of the ceiling"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""(e) one training step (forward, MultiBoxLoss, backward, SGD) at --batch, images/s.
+
+The baseline is a plain eager step: NCHW tensors and ssd.pytorch's per-image-loop matching. The candidate
+is train.py's step: channels_last and the batched MultiBoxLoss. --width 0.125 --batch_norm measures the
+small network used for CPU runs.
+
+    python benchmarks/bench_train_step.py --batch 8
+    python benchmarks/bench_train_step.py --batch 8 --width 0.125 --batch_norm
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.bench_loss import loop_matching_loss  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
+from layers.multibox_loss import MultiBoxLoss  # noqa: E402
+from ssd import build_ssd  # noqa: E402
+
+
+def main() -> None:
+    parser = get_args_parser(__doc__.split("\n\n")[0], batch=8)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--batch_norm", action="store_true")
+    parser.add_argument("--amp", action="store_true", help="autocast (CUDA)")
+    parser.set_defaults(rounds=3, warmup=1)
+    args = parser.parse_args()
+    device = setup(args)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch, 3, 300, 300, generator=g).to(device)
+    targets = []
+    for _ in range(args.batch):
+        xy = torch.rand(3, 2, generator=g) * 0.6
+        boxes = torch.cat([xy, xy + 0.3], 1)
+        targets.append(torch.cat([boxes, torch.randint(0, 20, (3, 1), generator=g).float()], 1).to(device))
+
+    def make(channels_last: bool):  # noqa: ANN202
+        torch.manual_seed(0)
+        model = build_ssd(300, 21, width=args.width, batch_norm=args.batch_norm).to(device).train()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=fmt)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        criterion = MultiBoxLoss(21)
+        batch = images.contiguous(memory_format=fmt)
+
+        def step() -> None:
+            with torch.autocast(device.type, enabled=args.amp and device.type == "cuda"):
+                loc, conf = model(batch)
+            if channels_last:
+                loss_l, loss_c = criterion(loc.float(), conf.float(), model.priors, targets)
+                loss = loss_l + loss_c
+            else:
+                loss = loop_matching_loss(loc.float(), conf.float(), model.priors, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    results = measure({"plain eager step": make(False), "train.py step": make(True)}, rounds=args.rounds, warmup=args.warmup,
+                      number=args.number, device=device)  # fmt: skip
+    suffix = f"w{args.width:g}{'_bn' if args.batch_norm else ''}"
+    report(f"train_step_b{args.batch}_{suffix}", results, "plain eager step", args, device, per_call_items=args.batch)
+
+
+if __name__ == "__main__":
+    main()

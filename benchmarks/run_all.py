@@ -1,0 +1,57 @@
+"""Run every benchmark and gather their JSON results in runs/bench/all.json.
+
+python benchmarks/run_all.py            # CPU, all cores
+python benchmarks/run_all.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# (script, extra arguments); each writes runs/bench/<name>.json
+SUITE = [
+    ("bench_forward.py", ["--batch", "1"]),
+    ("bench_forward.py", ["--batch", "8", "--rounds", "3"]),
+    ("bench_end_to_end.py", ["--batch", "1"]),
+    ("bench_detect.py", ["--batch", "1"]),
+    ("bench_loss.py", ["--batch", "32"]),
+    ("bench_train_step.py", ["--batch", "8"]),
+    ("bench_train_step.py", ["--batch", "8", "--width", "0.125", "--batch_norm"]),
+    ("bench_augmentation.py", []),
+    ("bench_voc_eval.py", []),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    gathered, failed = {}, []
+    for script, extra in SUITE:
+        name = f"{Path(script).stem}{'_' + '_'.join(a.lstrip('-') for a in extra) if extra else ''}"
+        out = args.out / f"{name}.json"
+        command = [sys.executable, str(HERE / script), *extra, "--out", str(out)]
+        if script != "bench_augmentation.py":  # the augmentation benchmark is a one-core CPU measurement
+            command += ["--device", args.device]
+        print(f"$ {' '.join(command[1:])}", flush=True)
+        start = time.perf_counter()
+        if subprocess.run(command).returncode != 0:
+            failed.append(name)
+            continue
+        gathered[name] = json.loads(out.read_text())
+        print(f"({time.perf_counter() - start:.0f} s)\n", flush=True)
+    (args.out / "all.json").write_text(json.dumps(gathered, indent=2))
+    print(f"results: {args.out / 'all.json'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
