@@ -1,6 +1,7 @@
 """(d) MultiBoxLoss forward + backward against per-image-loop matching.
 
-The baseline is ssd.pytorch's structure: match each image in a Python loop, then the batched loss. Inputs
+The baseline is ssd.pytorch's structure: match each image in a Python loop (with its loop over ground
+truths), then mine negatives with two full sorts per image. Inputs
 are SSD300 outputs at --batch with 1-10 ground truths per image.
 
     python benchmarks/bench_loss.py --batch 32
@@ -16,23 +17,39 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torchvision.ops import box_iou  # noqa: E402
 
 from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
 from data.config import prior_config  # noqa: E402
-from layers.box_utils import match, pad_targets  # noqa: E402
+from layers.box_utils import cxcywh_to_xyxy, encode  # noqa: E402
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
 from layers.prior_box import prior_boxes  # noqa: E402
+
+
+def ssd_pytorch_match(
+    truths: torch.Tensor, labels: torch.Tensor, priors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ssd.pytorch's match() for one image: broadcast IoU, then a Python loop forcing each truth's best prior."""
+    overlaps = box_iou(truths, cxcywh_to_xyxy(priors))  # [N, P]
+    best_prior_idx = overlaps.argmax(1)
+    best_truth_overlap, best_truth_idx = overlaps.max(0)
+    best_truth_overlap.index_fill_(0, best_prior_idx, 2)
+    for j in range(best_prior_idx.size(0)):
+        best_truth_idx[best_prior_idx[j]] = j
+    conf = labels[best_truth_idx].long() + 1
+    conf[best_truth_overlap < 0.5] = 0
+    return encode(truths[best_truth_idx], priors), conf
 
 
 def loop_matching_loss(
     loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, targets: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Per-image matching in a loop (as ssd.pytorch), then smooth-L1 and 3:1 hard-negative cross-entropy."""
+    """ssd.pytorch's MultiBoxLoss structure: match image by image, then smooth-L1 and 3:1 hard negatives."""
     loc_t, conf_t = [], []
     for target in targets:
-        l_t, c_t = match(*pad_targets([target]), priors)
-        loc_t.append(l_t[0])
-        conf_t.append(c_t[0])
+        l_t, c_t = ssd_pytorch_match(target[:, :4], target[:, 4], priors)
+        loc_t.append(l_t)
+        conf_t.append(c_t)
     loc_t, conf_t = torch.stack(loc_t), torch.stack(conf_t)
     pos = conf_t > 0
     loss_l = F.smooth_l1_loss(loc[pos], loc_t[pos], reduction="sum")

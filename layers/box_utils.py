@@ -143,10 +143,10 @@ def match(
         conf_targets = torch.zeros(batch_size, num_priors, dtype=torch.long, device=priors.device)
         return loc_targets, conf_targets
 
-    prior_boxes = cxcywh_to_xyxy(priors)
-    overlaps = iou(truths.reshape(-1, 4), prior_boxes).view(batch_size, max_truths, num_priors)  # [B, N, P]
-    # Padding rows must never be any prior's best truth: -1 is below every real IoU.
-    overlaps = overlaps.masked_fill(~valid.unsqueeze(-1), -1.0)
+    # IoU of the real truths only; padding rows get -1, below every real IoU, so they are never any prior's
+    # best truth (and cost nothing to compute).
+    overlaps = truths.new_full((batch_size, max_truths, num_priors), -1.0)  # [B, N, P]
+    overlaps[valid] = iou(truths[valid], cxcywh_to_xyxy(priors))
 
     best_prior_idx = overlaps.argmax(dim=2)  # [B, N]
     best_truth_overlap, best_truth_idx = overlaps.max(dim=1)  # [B, P]

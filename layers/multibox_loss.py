@@ -88,21 +88,24 @@ class MultiBoxLoss(nn.Module):
 
         loss_l = F.smooth_l1_loss(loc_preds[positive], loc_targets[positive].to(loc_preds.dtype), reduction="sum")
 
-        # Cross-entropy of every prior, [B, P]. The mining ranks it without gradient.
-        conf_loss = F.cross_entropy(
-            conf_preds.reshape(-1, num_classes), conf_targets.reshape(-1), reduction="none"
-        ).view(batch_size, num_priors)
         with torch.no_grad():
-            mining_loss = conf_loss.detach().masked_fill(positive, float("-inf"))
-            # Rank of each prior within its image, by descending loss (0 = hardest).
-            order = mining_loss.argsort(dim=1, descending=True)  # [B, P]
-            rank = order.argsort(dim=1)  # [B, P]
+            # Cross-entropy of every prior, [B, P], only to rank the negatives: no gradient is needed here.
+            logits = conf_preds.detach().float()
+            prior_loss = torch.logsumexp(logits, dim=-1) - logits.gather(-1, conf_targets.unsqueeze(-1)).squeeze(-1)
+            # Per image, the num_neg background priors with the highest loss. One topk of the largest
+            # num_neg in the batch (hundreds of priors, not all P) replaces a full sort per image.
+            mining_loss = prior_loss.masked_fill(positive, float("-inf"))
             num_neg = self.neg_pos_ratio * num_pos
             num_neg = torch.where(num_pos > 0, num_neg, torch.full_like(num_neg, self.empty_image_negatives))
-            num_neg = num_neg.clamp(max=num_priors - 1).unsqueeze(1)  # [B, 1]
-            negative = (rank < num_neg) & ~positive  # [B, P]
+            num_neg = num_neg.clamp(max=num_priors - 1)  # [B]
+            most = int(num_neg.max()) if batch_size else 0
+            hardest = mining_loss.topk(most, dim=1).indices  # [B, most], hardest first
+            chosen = torch.arange(most, device=num_neg.device) < num_neg.unsqueeze(1)  # [B, most]
+            negative = torch.zeros_like(positive).scatter_(1, hardest, chosen) & ~positive  # [B, P]
 
-        loss_c = conf_loss[positive | negative].sum()
+        # The differentiable cross-entropy only over the priors that count (positives and mined negatives).
+        selected = positive | negative
+        loss_c = F.cross_entropy(conf_preds[selected], conf_targets[selected], reduction="sum")
         total_pos = num_pos.sum().to(loss_l.dtype)
         total_pos = total_pos.clamp(min=1) if self.normalizer is None else self.normalizer(total_pos)
         return loss_l / total_pos, loss_c / total_pos
