@@ -5,6 +5,7 @@
     python inference.py --weights runs/train/exp1/best.pth --dataset Shapes --source data/shapes/JPEGImages --thresh 0.5
     python inference.py --weights model.onnx --source "images/*.png"
     python inference.py --source 0          # webcam 0, until Ctrl-C
+    python inference.py --weights best.pth --dataset Shapes --dataset_root data/shapes   # its test split
 
 Outputs go to ``runs/detect/exp<N>/``: drawn images and videos, and with ``--save_txt`` / ``--save_json`` the
 detections as text (``labels/<name>.txt``: class score xmin ymin xmax ymax, pixels) or ``predictions.json``.
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 
+from data.build import build_dataset
 from data.config import get_preset
 from layers.detection import Detect
 from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform
@@ -259,6 +261,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", "--trained_model", dest="weights", default="weights/ssd300_mAP_77.43_v2.pth",
                         help="project checkpoint, ssd.pytorch state_dict, or .onnx file")  # fmt: skip
     parser.add_argument("--dataset", default="VOC", help="class names: VOC, COCO, Cityscapes, FoggyCityscapes, Shapes")
+    parser.add_argument("--dataset_root", "--dataset-root", default=None,
+                        help="without --source: run on this dataset's test split (as eval.py reads it)")  # fmt: skip
+    parser.add_argument("--image_set", "--image-set", default=None, help="with --dataset_root: another split")
     parser.add_argument("--classes", default=None, help="class-names file (one per line)")
     parser.add_argument(
         "--size", type=int, default=300, choices=[300, 512], help="input size of a raw ssd.pytorch state_dict"
@@ -279,10 +284,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     given = [s for s in (args.source, args.image, args.video) if s is not None]
-    if len(given) != 1:
-        raise ValueError("give exactly one of --source, --image or --video")
-    sources = resolve_sources(given[0])
     preset = get_preset(args.dataset, args.classes)
+    if len(given) > 1 or (not given and args.dataset_root is None):
+        raise ValueError("give exactly one of --source, --image or --video (or --dataset_root for its test split)")
+    if given:
+        sources = resolve_sources(given[0])
+    else:
+        split = build_dataset(preset, args.dataset_root, "test", image_set=args.image_set)
+        sources = Sources(images=[split.image_path(i) for i in range(len(split))])
     device = select_device(args.device)
     runner = load_runner(args, preset.num_classes, preset.prior_family, device)
     class_names = list(runner.class_names or preset.class_names)

@@ -121,6 +121,19 @@ def test_bad_sources_and_weights_are_one_line(weights: Path, tmp_path: Path) -> 
     assert bad_video.returncode == 1 and "fake.mp4: not a readable video" in bad_video.stderr
 
 
+def test_dataset_root_runs_on_the_test_split(weights: Path, tmp_path: Path) -> None:
+    from data.shapes import generate
+
+    generate(tmp_path / "shapes", 0, 3, seed=5)
+    result = run(
+        "--weights", str(weights), "--dataset", "Shapes", "--dataset_root", str(tmp_path / "shapes"), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp1").glob("*.jpg")) == [
+        f"test_00000{k}.jpg" for k in range(3)
+    ]
+
+
 def test_drawing_helpers() -> None:
     image = grey(50, 40)
     drawn = draw_detections(
