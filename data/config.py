@@ -80,13 +80,6 @@ COCO_CLASSES = (
     "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
-# The 80 official category ids of instances_*.json (1..90 with gaps), in COCO_CLASSES order.
-COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
-    33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
-    60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
-)  # fmt: skip
-
 # The 8 instance classes of the Cityscapes detection benchmark (as used for Cityscapes -> Foggy Cityscapes).
 CITYSCAPES_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 
@@ -118,6 +111,7 @@ class DatasetPreset:
 
 DATASETS: dict[str, DatasetPreset] = {
     "VOC": DatasetPreset("VOC", VOC_CLASSES, "VOC"),
+    # COCO's category ids (1..90 with gaps) are mapped to labels 0..79 by data/coco.py, from the file.
     "COCO": DatasetPreset("COCO", COCO_CLASSES, "COCO"),
     # Cityscapes objects are small; the COCO family has the smaller first prior (21 px at SSD300). The
     # fork's released Cityscapes weights were also trained with these priors (picked there by its

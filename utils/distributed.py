@@ -48,10 +48,6 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
