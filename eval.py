@@ -234,6 +234,7 @@ def main(args: argparse.Namespace) -> int:
     preset = get_preset(args.dataset, args.classes)
     device = select_device(args.device)
     model, checkpoint = load_detector(args.weights, preset.num_classes, args.size, preset.prior_family, device)
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (see benchmarks/bench_forward.py)
     preprocess = checkpoint.get("preprocess", {})
     transform = BaseTransform(model.config.size, tuple(preprocess.get("mean", CAFFE_MEAN_BGR)), preprocess.get("std"))
     dataset = build_dataset(preset, args.dataset_root, "test", transform, image_set=args.image_set)

@@ -1,6 +1,7 @@
 """(a) network forward, (h) onnxruntime and (i) the GEMM ceiling.
 
-Candidates, SSD300 fp32 at --batch: this project's SSD (channels_last, inference_mode), the same network
+Candidates, SSD300 fp32 at --batch: this project's SSD (channels_last, inference_mode; also through
+torch.compile, its compilation timed apart), the same network
 plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head (weights=None; the baseline), and
 onnxruntime on the exported graph when onnxruntime is installed. The ceiling is torch.mm's GFLOP/s with the
 same threads, and the GEMM of a 1x1 convolution (the convolution library's own GEMM); the network's
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -64,6 +66,7 @@ def gemm_ceilings(device: torch.device, rounds: int = 5) -> dict[str, float]:
 def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--no_onnx", action="store_true")
+    parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile candidate")
     args = parser.parse_args()
     device = setup(args)
     x = torch.randn(args.batch, 3, 300, 300, device=device)
@@ -94,6 +97,19 @@ def main() -> None:
         "plain eager (NCHW)": plain_forward,
         "SSD (channels_last)": ours_forward,
     }
+    compile_s = None
+    if not args.no_compile:
+        compiled = torch.compile(ours_cl)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(x_cl)  # the compilation, timed apart
+        compile_s = time.perf_counter() - start
+
+        def compiled_forward() -> None:
+            with torch.inference_mode():
+                compiled(x_cl)
+
+        candidates["SSD (channels_last, compiled)"] = compiled_forward
     if not args.no_onnx and device.type == "cpu":
         try:
             from utils.export import OnnxRunner, export_onnx
@@ -113,9 +129,11 @@ def main() -> None:
         stats["fraction_of_gemm_ceiling"] = stats["gflops"] / ceiling
         stats["fraction_of_torch_mm"] = stats["gflops"] / ceilings["torch_mm"]
     report(f"forward_b{args.batch}", results, "torchvision ssd300_vgg16", args, device, per_call_items=args.batch,
-           extra={"macs_per_image": macs, "gemm_gflops": ceilings})  # fmt: skip
+           extra={"macs_per_image": macs, "gemm_gflops": ceilings, "compile_seconds": compile_s})  # fmt: skip
     print(f"network: {macs / 1e9:.2f} GMAC per image; GEMM ceilings: torch.mm {ceilings['torch_mm']:.0f} GFLOP/s, "
           f"1x1-conv GEMM {ceilings['conv1x1_gemm']:.0f} GFLOP/s")  # fmt: skip
+    if compile_s is not None:
+        print(f"torch.compile took {compile_s:.0f} s before the first compiled call")
     for name, stats in results.items():
         print(f"  {name:<28}{stats['gflops']:8.1f} GFLOP/s = {100 * stats['fraction_of_gemm_ceiling']:5.1f}% of the best GEMM "
               f"({100 * stats['fraction_of_torch_mm']:.0f}% of torch.mm)")  # fmt: skip
