@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 DEMO_DATA := data/shapes
 DEMO_TRAIN := --dataset Shapes --dataset_root $(DEMO_DATA) --basenet none --width 0.125 --batch_norm \
-	--priors COCO --max_expand 2 --optimizer adamw --lr 2e-3 --weight_decay 5e-4 --batch_size 16 --end_epoch 8 \
-	--warmup_epochs 0.3 --num_workers 2 --eval_interval 4 --seed 0
+	--priors COCO --max_expand 2 --optimizer adamw --lr 2e-3 --weight_decay 5e-4 --batch_size 16 --end_epoch 9 \
+	--warmup_epochs 0.3 --num_workers 2 --eval_interval 9 --seed 0
 
 .PHONY: venv test demo bench clean
 
