@@ -45,11 +45,15 @@ def run_detection(
     dataset: DetectionDataset,
     detect: Detect,
     device: torch.device,
+    image_sizes: Sequence[tuple[int, int]],
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = True,
 ) -> list[dict[str, np.ndarray]]:
     """Detect objects in every image of ``dataset`` (whose transform must give fixed-size images).
+
+    Args:
+        image_sizes: ``(width, height)`` of each original image, to scale the relative boxes to pixels.
 
     Returns:
         Per image: ``boxes`` [K, 4] pixel xyxy (relative boxes times the image size, unclipped),
@@ -63,8 +67,8 @@ def run_detection(
     for images, _ in tqdm(loader, desc="detect", unit="batch", disable=not progress, leave=False):
         loc_preds, conf_preds = model(images.to(device, non_blocking=True))
         for found in detect(loc_preds, conf_preds, model.priors):
-            anno = dataset.pull_anno(len(outputs))
-            scale = np.array([anno.width, anno.height, anno.width, anno.height], np.float64)
+            width, height = image_sizes[len(outputs)]
+            scale = np.array([width, height, width, height], np.float64)
             outputs.append(
                 {
                     "boxes": found["boxes"].cpu().double().numpy() * scale,
@@ -109,7 +113,9 @@ def evaluate(
         )
     device = device or next(model.parameters()).device
     detect = detect or Detect(model.num_classes)
-    detections = run_detection(model, dataset, detect, device, batch_size, num_workers, progress)
+    annotations = [dataset.pull_anno(i) for i in range(len(dataset))]  # read once: sizes here, ground truth below
+    sizes = [(a.width, a.height) for a in annotations]
+    detections = run_detection(model, dataset, detect, device, sizes, batch_size, num_workers, progress)
     names = list(dataset.class_names)
     result: dict = {"metric": metric, "num_images": len(dataset), "detections": detections,
                     "num_detections": int(sum(len(d["scores"]) for d in detections))}  # fmt: skip
@@ -121,14 +127,15 @@ def evaluate(
             raise ValueError("--metric coco needs a COCO dataset (instances JSON); use voc07/voc12 for VOC-format data")
         results = coco_results(
             dataset.coco_ids,
-            *(list(d[k] for d in detections) for k in ("boxes", "labels", "scores")),
+            [d["boxes"] for d in detections],
+            [d["labels"] for d in detections],
+            [d["scores"] for d in detections],
             dataset.category_ids,
         )
         stats = eval_coco(dataset.coco, results, dataset.coco_ids)
         ap = np.asarray(stats.pop("per_class_ap"))
         result.update(coco=stats, coco_results=results, map=stats["AP"], recall=None, precision=None)
     else:
-        annotations = [dataset.pull_anno(i) for i in range(len(dataset))]
         voc = eval_detection_voc(
             [d["boxes"] for d in detections], [d["labels"] for d in detections], [d["scores"] for d in detections],
             [a.boxes for a in annotations], [a.labels for a in annotations], [a.difficult for a in annotations],
