@@ -16,7 +16,9 @@ class Detect:
 
     Per image and per foreground class: keep priors with score > ``conf_thresh``, keep the ``top_k`` best,
     suppress overlaps above ``nms_thresh``; then keep the ``keep_top_k`` best detections of the image
-    across classes. All classes of all images go through one ``torchvision.ops.batched_nms`` call.
+    across classes. All classes of all images go through ``torchvision.ops.batched_nms`` together, and with a
+    ``keep_top_k`` cap only on as many of each image's best candidates as it takes to fill the cap (exact, see
+    ``_suppress``).
 
     The defaults are Caffe SSD's test settings. ``Detect(C, top_k=200, keep_top_k=None)`` reproduces
     ssd.pytorch's ``Detect`` (whose cross-class top-k step has no effect).
@@ -70,32 +72,62 @@ class Detect:
         batch_size, num_priors, num_classes = conf_preds.shape
         if num_classes != self.num_classes:
             raise ValueError(f"conf_preds has {num_classes} classes but Detect was built for {self.num_classes}")
-        boxes = decode(loc_preds.float(), priors.float(), self.variances)  # [B, P, 4]
         scores = conf_preds.float().softmax(dim=-1)[..., 1:]  # [B, P, C-1]
+        passing = scores > self.conf_thresh  # [B, P, C-1]
+        if self.top_k < num_priors and passing.sum(dim=1).max() > self.top_k:
+            # Some (image, class) has more than top_k candidates: take each column's top_k first.
+            top_scores, top_priors = scores.topk(self.top_k, dim=1)  # [B, top_k, C-1]
+            image_idx, rank, class_idx = (top_scores > self.conf_thresh).nonzero(as_tuple=True)  # [M] each
+            prior_idx = top_priors[image_idx, rank, class_idx]
+        else:
+            image_idx, prior_idx, class_idx = passing.nonzero(as_tuple=True)  # [M] each
+        # Candidates by descending score; the stable sorts that follow keep this order within an image.
+        order = scores[image_idx, prior_idx, class_idx].argsort(descending=True, stable=True)
+        image_idx, prior_idx, class_idx = image_idx[order], prior_idx[order], class_idx[order]
+        cand_scores = scores[image_idx, prior_idx, class_idx]  # [M], descending
+        group = image_idx * (num_classes - 1) + class_idx  # one NMS group per (image, class)
+        cand_boxes = decode(loc_preds[image_idx, prior_idx].float(), priors[prior_idx].float(), self.variances)
 
-        # Per (image, class) top-k candidates: sort priors by score within each column.
-        k = min(self.top_k, num_priors)
-        top_scores, top_priors = scores.topk(k, dim=1)  # [B, k, C-1]
-        keep = top_scores > self.conf_thresh  # [B, k, C-1]
-        image_idx, _, class_idx = keep.nonzero(as_tuple=True)  # [M] each
-        cand_scores = top_scores[keep]  # [M]
-        cand_boxes = boxes[image_idx, top_priors[keep]]  # [M, 4]
-        cand_labels = class_idx + 1  # [M]
-
-        # One NMS for every class of every image: distinct groups never suppress each other.
-        group = image_idx * num_classes + cand_labels
-        kept = batched_nms(cand_boxes, cand_scores, group, self.nms_thresh)  # [K_total], by score desc.
-
-        image_idx = image_idx[kept]
-        kept_boxes, kept_scores, kept_labels = cand_boxes[kept], cand_scores[kept], cand_labels[kept]
-        # kept is sorted by descending score; a stable sort by image keeps that order inside each image.
-        by_image = torch.sort(image_idx, stable=True).indices
-        counts = torch.bincount(image_idx, minlength=batch_size).tolist()
+        kept = self._suppress(cand_boxes, cand_scores, group, image_idx, batch_size).sort().values  # score desc.
+        kept = kept[torch.sort(image_idx[kept], stable=True).indices]  # grouped by image
+        counts = torch.bincount(image_idx[kept], minlength=batch_size).tolist()
         results: list[Detections] = []
-        for per_image in torch.split(by_image, counts):
+        for per_image in torch.split(kept, counts):
             if self.keep_top_k is not None:
                 per_image = per_image[: self.keep_top_k]
             results.append(
-                {"boxes": kept_boxes[per_image], "scores": kept_scores[per_image], "labels": kept_labels[per_image]}
+                {"boxes": cand_boxes[per_image], "scores": cand_scores[per_image], "labels": class_idx[per_image] + 1}
             )
         return results
+
+    def _suppress(self, boxes: Tensor, scores: Tensor, group: Tensor, image_idx: Tensor, batch_size: int) -> Tensor:
+        """Greedy NMS within each group: the indices kept, in no particular order.
+
+        ``scores`` must be in descending order. A box's fate depends only on the better boxes of its group, so the
+        NMS of an image's best ``n`` candidates decides those ``n`` exactly as the NMS of all of them does. With a
+        ``keep_top_k`` cap, NMS runs on growing prefixes of each image's candidates until ``keep_top_k`` survive or
+        the prefix is the whole list: the result is the full NMS truncated to ``keep_top_k``, for a fraction of
+        the work when most candidates survive (the costly case for greedy NMS).
+        """
+        if self.keep_top_k is None:
+            return batched_nms(boxes, scores, group, self.nms_thresh)
+        per_image = torch.bincount(image_idx, minlength=batch_size)  # [B] candidates of each image
+        by_image = torch.sort(image_idx, stable=True).indices
+        rank = torch.empty_like(image_idx)  # position of each candidate in its image's list
+        rank[by_image] = (
+            torch.arange(image_idx.numel(), device=rank.device) - (per_image.cumsum(0) - per_image)[image_idx[by_image]]
+        )
+        pending = torch.ones(batch_size, dtype=torch.bool, device=boxes.device)
+        kept_parts: list[Tensor] = []
+        prefix = 4 * self.keep_top_k
+        while True:
+            take = ((rank < prefix) & pending[image_idx]).nonzero().squeeze(1)
+            kept = take[batched_nms(boxes[take], scores[take], group[take], self.nms_thresh)]
+            finished = (torch.bincount(image_idx[kept], minlength=batch_size) >= self.keep_top_k) | (
+                per_image <= prefix
+            )
+            kept_parts.append(kept[(finished & pending)[image_idx[kept]]])
+            pending &= ~finished
+            if not pending.any():
+                return torch.cat(kept_parts)
+            prefix *= 4

@@ -101,3 +101,27 @@ def test_invalid_settings() -> None:
         Detect(21, nms_thresh=1.5)
     with pytest.raises(ValueError, match="keep_top_k"):
         Detect(21, keep_top_k=0)
+
+
+def test_keep_top_k_cap_is_exact_when_images_need_different_amounts_of_nms() -> None:
+    """Detect runs NMS on growing prefixes of each image's candidates until keep_top_k survive; the result must
+    equal the full NMS truncated. Image 0 is 10 tight clusters of 100 near-identical boxes (each (cluster, class)
+    keeps one box, and a cluster's candidates rank together, so only the whole list yields 30 survivors); image 1 is scattered boxes,
+    where the first prefix already suffices."""
+    g = torch.Generator().manual_seed(11)
+    centres = torch.rand(10, 2, generator=g) * 0.8 + 0.1
+    clustered = torch.cat([centres.repeat_interleave(100, 0), torch.full((1000, 2), 0.1)], 1)
+    clustered[:, :2] += torch.randn(1000, 2, generator=g) * 0.001
+    scattered = torch.cat([torch.rand(1000, 2, generator=g), torch.rand(1000, 2, generator=g) * 0.1 + 0.02], 1)
+    loc = torch.zeros(2, 1000, 4)
+    # Decoding adds each image's own offsets to shared priors: encode image 1's boxes relative to image 0's.
+    loc[1, :, :2] = (scattered[:, :2] - clustered[:, :2]) / (0.1 * clustered[:, 2:])
+    loc[1, :, 2:] = torch.log(scattered[:, 2:] / clustered[:, 2:]) / 0.2
+    conf = torch.randn(2, 1000, 4, generator=g)
+    conf[0, :, 0] += (9 - torch.arange(1000) // 100) * 0.4  # clusters rank roughly one after another
+    detect = Detect(4, conf_thresh=0.01, nms_thresh=0.45, top_k=1000, keep_top_k=30)
+    results = detect(loc, conf, clustered)
+    expected = plain_detect(loc, conf, clustered, 0.01, 0.45, 1000, 30)
+    assert len(expected[0]) == 30 and len(expected[1]) == 30
+    for result, reference in zip(results, expected, strict=True):
+        assert_same(result, reference)
