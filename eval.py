@@ -26,7 +26,7 @@ from data.base import DetectionDataset, detection_collate
 from data.build import build_dataset
 from data.config import get_preset
 from layers.detection import Detect
-from ssd import SSD
+from ssd import SSD, InferenceModel, compile_pays_off
 from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform
 from utils.cli import run_cli
 from utils.plots import plot_pr_curves
@@ -41,10 +41,9 @@ METRICS = ("voc07", "voc12", "coco")
 
 @torch.inference_mode()
 def run_detection(
-    model: SSD,
+    network: InferenceModel,
     dataset: DetectionDataset,
     detect: Detect,
-    device: torch.device,
     image_sizes: Sequence[tuple[int, int]],
     batch_size: int = 32,
     num_workers: int = 0,
@@ -59,14 +58,13 @@ def run_detection(
         Per image: ``boxes`` [K, 4] pixel xyxy (relative boxes times the image size, unclipped),
         ``scores`` [K] and ``labels`` [K] as 0-based foreground classes.
     """
-    model.eval()
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=detection_collate
     )
     outputs: list[dict[str, np.ndarray]] = []
     for images, _ in tqdm(loader, desc="detect", unit="batch", disable=not progress, leave=False):
-        loc_preds, conf_preds = model(images.to(device, non_blocking=True))
-        for found in detect(loc_preds, conf_preds, model.priors):
+        loc_preds, conf_preds = network(images)
+        for found in detect(loc_preds, conf_preds, network.priors):
             width, height = image_sizes[len(outputs)]
             scale = np.array([width, height, width, height], np.float64)
             outputs.append(
@@ -90,6 +88,7 @@ def evaluate(
     convention: IoUConvention = DEVKIT,
     iou_thresh: float = 0.5,
     progress: bool = True,
+    compile: bool = False,
 ) -> dict:
     """Detect on ``dataset`` and score the detections.
 
@@ -99,6 +98,7 @@ def evaluate(
         detect: post-processing; Caffe SSD's test settings by default.
         metric: ``voc07`` (11-point), ``voc12`` (area) or ``coco`` (needs a COCO dataset).
         convention: IoU convention of the VOC metrics (:data:`DEVKIT` or :data:`SSD_PYTORCH`).
+        compile: run the network through ``torch.compile`` (see :class:`ssd.InferenceModel`).
 
     Returns:
         ``{"metric", "map", "ap": {class: AP}, "missing_classes", "num_images", "num_detections",
@@ -115,7 +115,8 @@ def evaluate(
     detect = detect or Detect(model.num_classes)
     annotations = [dataset.pull_anno(i) for i in range(len(dataset))]  # read once: sizes here, ground truth below
     sizes = [(a.width, a.height) for a in annotations]
-    detections = run_detection(model, dataset, detect, device, sizes, batch_size, num_workers, progress)
+    network = InferenceModel(model.to(device), compile)
+    detections = run_detection(network, dataset, detect, sizes, batch_size, num_workers, progress)
     names = list(dataset.class_names)
     result: dict = {"metric": metric, "num_images": len(dataset), "detections": detections,
                     "num_detections": int(sum(len(d["scores"]) for d in detections))}  # fmt: skip
@@ -232,6 +233,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
     parser.add_argument("--num_workers", "--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="torch.compile the network; auto: on a CPU for 2000 images or more, where its start-up "
+                             "pays off")  # fmt: skip
     parser.add_argument("--project", default="runs/eval", help="outputs go to <project>/<name><N>")
     parser.add_argument("--name", default="exp")
     return parser
@@ -241,7 +245,6 @@ def main(args: argparse.Namespace) -> int:
     preset = get_preset(args.dataset, args.classes)
     device = select_device(args.device)
     model, checkpoint = load_detector(args.weights, preset.num_classes, args.size, preset.prior_family, device)
-    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (see benchmarks/bench_forward.py)
     preprocess = checkpoint.get("preprocess", {})
     transform = BaseTransform(model.config.size, tuple(preprocess.get("mean", CAFFE_MEAN_BGR)), preprocess.get("std"))
     dataset = build_dataset(preset, args.dataset_root, "test", transform, image_set=args.image_set)
@@ -252,9 +255,9 @@ def main(args: argparse.Namespace) -> int:
     convention = SSD_PYTORCH if args.ssd_pytorch else DEVKIT
     logger.info("evaluating %s on %d %s images (%s, %s IoU)", args.weights, len(dataset), preset.name, metric,
                 "ssd.pytorch" if args.ssd_pytorch else "devkit")  # fmt: skip
-    result = evaluate(
-        model, dataset, detect, device, args.batch_size, args.num_workers, metric, convention, args.iou_thresh
-    )
+    compile = args.compile == "on" or (args.compile == "auto" and compile_pays_off(device, len(dataset)))
+    result = evaluate(model, dataset, detect, device, args.batch_size, args.num_workers, metric, convention,
+                      args.iou_thresh, compile=compile)  # fmt: skip
 
     out_dir = increment_run_dir(args.project, args.name)
     settings = {"weights": str(args.weights), "dataset": preset.name, "dataset_root": str(args.dataset_root),

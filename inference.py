@@ -30,6 +30,7 @@ import torch
 from data.build import build_dataset
 from data.config import get_preset
 from layers.detection import Detect
+from ssd import InferenceModel
 from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform
 from utils.cli import run_cli
 from utils.runs import increment_run_dir, select_device
@@ -89,19 +90,19 @@ def resolve_sources(text: str) -> Sources:
 class TorchRunner:
     """An SSD in PyTorch behind the runner interface: ``runner(batch) -> (loc, conf)`` plus metadata."""
 
-    def __init__(self, weights: str | Path, num_classes: int, size: int, priors: str, device: torch.device) -> None:
-        self.model, checkpoint = load_detector(weights, num_classes, size, priors, device, check_classes=False)
-        self.model.to(memory_format=torch.channels_last)
-        self.device = device
-        self.priors = self.model.priors
-        self.num_classes = self.model.num_classes
-        self.size = self.model.config.size
+    def __init__(
+        self, weights: str | Path, num_classes: int, size: int, priors: str, device: torch.device, compile: bool
+    ) -> None:
+        model, checkpoint = load_detector(weights, num_classes, size, priors, device, check_classes=False)
+        self.network = InferenceModel(model, compile)
+        self.priors = model.priors
+        self.num_classes = model.num_classes
+        self.size = model.config.size
         self.class_names: list[str] | None = checkpoint.get("class_names")
         self.preprocess: dict = checkpoint.get("preprocess", {})
 
-    @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(batch.to(self.device).contiguous(memory_format=torch.channels_last))
+        return self.network(batch)
 
 
 @dataclass
@@ -250,7 +251,7 @@ def load_runner(args: argparse.Namespace, num_classes: int, prior_family: str, d
         from utils.export import OnnxRunner
 
         return OnnxRunner(args.weights)
-    return TorchRunner(args.weights, num_classes, args.size, prior_family, device)
+    return TorchRunner(args.weights, num_classes, args.size, prior_family, device, args.compile)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -275,6 +276,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep_top_k", type=int, default=200)
     parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="images or frames per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network: about 16 s once, then ~10%% faster on a CPU")  # fmt: skip
     parser.add_argument("--save_txt", action="store_true", help="write labels/<name>.txt")
     parser.add_argument("--save_json", action="store_true", help="write predictions.json")
     parser.add_argument("--project", default="runs/detect")

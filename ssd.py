@@ -10,6 +10,7 @@ training targets in :class:`layers.multibox_loss.MultiBoxLoss`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,6 +20,8 @@ from torch import Tensor, nn
 from data.config import prior_config
 from layers.l2norm import L2Norm
 from layers.prior_box import PriorConfig, prior_boxes
+
+logger = logging.getLogger(__name__)
 
 # VGG-16 up to conv5_3: channel counts, "M" a 2x2 max-pool, "C" the same with ceil_mode so that
 # 75 -> 38 at SSD300 (SSD §2.1 keeps conv4_3 at 38x38).
@@ -278,3 +281,70 @@ def model_config_from_dict(data: dict) -> ModelConfig:
         width=float(data.get("width", 1.0)),
         batch_norm=bool(data.get("batch_norm", False)),
     )
+
+
+# On a CPU, InferenceModel feeds a batch to the network in chunks whose first activation (the largest) stays within
+# this many bytes: beyond it the activations fall out of the last-level cache. python
+# benchmarks/bench_forward.py --batch 8 measures it; on the 2-core EPYC with 32 MiB of L3 used for the README,
+# SSD300 took 140 / 141 / 150 / 156 ms per image in chunks of 1 / 2 / 4 / 8 images (23 MiB per image), and at
+# width 1/8 (2.9 MiB per image) 5.6 / 5.3 / 4.8 / 7.0 / 11.2 ms in chunks of 1 / 2 / 4 / 8 / 32.
+CPU_CHUNK_BYTES = 12 * 2**20
+
+# torch.compile (with freezing) costs about 16 s on first use on that CPU and saves about 10% of the forward,
+# 13 ms per SSD300 image (python benchmarks/bench_forward.py): it pays off from about 1200 images.
+COMPILE_MIN_IMAGES = 2000
+
+
+def compile_pays_off(device: torch.device, num_images: int) -> bool:
+    """Whether compiling the network for ``num_images`` images should save time overall (measured on CPU only)."""
+    return device.type == "cpu" and num_images >= COMPILE_MIN_IMAGES
+
+
+class InferenceModel:
+    """An SSD prepared for fast inference: ``network(images) -> (loc_preds, conf_preds)``.
+
+    The network runs channels_last under ``torch.inference_mode``. On a CPU the batch goes through in chunks
+    that keep activations in cache (see :data:`CPU_CHUNK_BYTES`); a GPU takes it whole. ``compile=True`` wraps
+    the network in ``torch.compile`` with freezing: weights become constants of the compiled graph (fused
+    convolution + ReLU on prepacked weights), so build a new InferenceModel after changing them. Compiling takes
+    seconds to a minute, once per process; if it fails (no C++ compiler, say), the network runs eagerly.
+
+    Args:
+        model: the SSD; it is put in eval mode and channels_last memory format.
+        compile: use ``torch.compile``.
+    """
+
+    def __init__(self, model: SSD, compile: bool = False) -> None:
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.priors = model.priors
+        self.num_classes = model.num_classes
+        self.device = model.priors.device
+        first_activation = model.vgg[0].out_channels * model.config.size**2 * 4  # bytes per image
+        self.chunk = max(1, CPU_CHUNK_BYTES // first_activation) if self.device.type == "cpu" else None
+        self.compiled = torch.compile(model, options={"freezing": True}, dynamic=False) if compile else None
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the network.
+
+        Args:
+            images (Tensor[B, 3, size, size]): the preprocessed batch, on any device.
+
+        Returns:
+            loc_preds (Tensor[B, P, 4]) and conf_preds (Tensor[B, P, C]), as :meth:`SSD.forward`.
+        """
+        images = images.to(self.device).contiguous(memory_format=torch.channels_last)
+        chunks = images.split(self.chunk) if self.chunk else (images,)
+        outputs = [self._forward(chunk) for chunk in chunks]
+        if len(outputs) == 1:
+            return outputs[0]
+        return torch.cat([loc for loc, _ in outputs]), torch.cat([conf for _, conf in outputs])
+
+    def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if self.compiled is not None:
+            try:
+                return self.compiled(images)
+            except Exception as error:  # noqa: BLE001 - any compiler failure; the eager network still works
+                logger.warning("torch.compile failed, running eagerly: %s", str(error).splitlines()[0])
+                self.compiled = None
+        return self.model(images)

@@ -375,6 +375,7 @@ class Trainer:
             return None
         result = evaluate(self.model, self.test_dataset, Detect(self.preset.num_classes), self.device,
                           self.args.eval_batch_size, self.args.num_workers, "voc07", progress=False)  # fmt: skip
+        self.model.to(memory_format=self.memory_format)  # evaluation runs channels_last; keep the training format
         return {"map": result["map"], "ap": result["ap"]}
 
     def end_epoch(self, record: dict) -> None:

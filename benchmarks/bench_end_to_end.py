@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from benchmarks.bench_detect import loop_detect  # noqa: E402
 from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
 from layers.detection import Detect  # noqa: E402
-from ssd import build_ssd  # noqa: E402
+from ssd import InferenceModel, build_ssd  # noqa: E402
 from utils.augmentations import BaseTransform  # noqa: E402
 
 
@@ -36,14 +36,13 @@ def main() -> None:
     model = build_ssd(300, 21).to(device).eval()
     plain = build_ssd(300, 21).to(device).eval()
     plain.load_state_dict(model.state_dict())
-    model.to(memory_format=torch.channels_last)
+    network = InferenceModel(model)  # as inference.py runs it
     transform, detect = BaseTransform(300), Detect(21)
 
     def ours() -> None:
-        batch = torch.from_numpy(np.stack([transform(image)[0] for image in images])).to(device)
-        with torch.inference_mode():
-            loc, conf = model(batch.contiguous(memory_format=torch.channels_last))
-            detect(loc, conf, model.priors)
+        batch = torch.from_numpy(np.stack([transform(image)[0] for image in images]))
+        loc, conf = network(batch)
+        detect(loc, conf, network.priors)
 
     def plain_pipeline() -> None:
         batch = torch.from_numpy(np.stack([transform(image)[0] for image in images])).to(device)
@@ -62,9 +61,7 @@ def main() -> None:
         with torch.no_grad():
             tv(tensors)
 
-    batch = torch.from_numpy(np.stack([transform(image)[0] for image in images])).to(device)
-    with torch.inference_mode():
-        outputs = model(batch.contiguous(memory_format=torch.channels_last))
+    outputs = network(torch.from_numpy(np.stack([transform(image)[0] for image in images])))
 
     candidates = {
         "torchvision ssd300_vgg16": torchvision_pipeline,

@@ -1,9 +1,10 @@
 """(a) network forward, (h) onnxruntime and (i) the GEMM ceiling.
 
-Candidates, SSD300 fp32 at --batch: this project's SSD (channels_last, inference_mode; also through
-torch.compile, its compilation timed apart), the same network
-plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head (weights=None; the baseline), and
-onnxruntime on the exported graph when onnxruntime is installed. The ceiling is torch.mm's GFLOP/s with the
+Candidates, SSD300 fp32 at --batch: this project's SSD as eval.py and inference.py run it (ssd.InferenceModel:
+channels_last, inference_mode, the batch in cache-sized chunks on a CPU; also compiled, as with --compile,
+its compilation timed apart), the same network channels_last on the whole batch and plain eager (NCHW,
+no_grad), torchvision's ssd300_vgg16 backbone + head (weights=None; the baseline), and onnxruntime on the
+exported graph when onnxruntime is installed. The ceiling is torch.mm's GFLOP/s with the
 same threads, and the GEMM of a 1x1 convolution (the convolution library's own GEMM); the network's
 multiply-accumulates are counted from its convolutions.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -25,7 +27,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
-from ssd import build_ssd  # noqa: E402
+from ssd import InferenceModel, build_ssd  # noqa: E402
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -45,10 +47,11 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def gemm_ceilings(device: torch.device, rounds: int = 5) -> dict[str, float]:
-    """GFLOP/s of the best matrix products PyTorch runs here: torch.mm (BLAS) and a 1x1 convolution, which is
-    a GEMM through the convolution library (oneDNN on CPU). On AMD CPUs MKL's sgemm runs far below oneDNN's
-    GEMM, so torch.mm alone is no ceiling for the convolutions."""
+def gemm_candidates(device: torch.device) -> dict[str, tuple[Callable[[], object], float]]:
+    """The best matrix products PyTorch runs here, as (call, FLOPs): torch.mm (BLAS) and a 1x1 convolution,
+    which is a GEMM through the convolution library (oneDNN on CPU). On AMD CPUs MKL's sgemm runs far below
+    oneDNN's GEMM, so torch.mm alone is no ceiling for the convolutions. They are timed in the same
+    interleaved rounds as the network, so that the machine's drift hits the ceiling and the network alike."""
     n = 4096
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     conv = nn.Conv2d(512, 512, 1, bias=False).to(device).to(memory_format=torch.channels_last)
@@ -58,9 +61,7 @@ def gemm_ceilings(device: torch.device, rounds: int = 5) -> dict[str, float]:
         with torch.inference_mode():
             conv(x)
 
-    result = measure({"mm": lambda: torch.mm(a, b), "conv1x1": conv_gemm}, rounds=rounds, warmup=2, device=device)
-    return {"torch_mm": 2 * n**3 / result["mm"]["median_s"] / 1e9,
-            "conv1x1_gemm": 2 * 2 * 75 * 75 * 512 * 512 / result["conv1x1"]["median_s"] / 1e9}  # fmt: skip
+    return {"torch_mm": (lambda: torch.mm(a, b), 2 * n**3), "conv1x1_gemm": (conv_gemm, 2 * 2 * 75 * 75 * 512 * 512)}
 
 
 def main() -> None:
@@ -72,8 +73,7 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 300, 300, device=device)
     ours = build_ssd(300, 21).to(device).eval()
     plain = build_ssd(300, 21).to(device).eval()
-    ours_cl = ours.to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
+    network = InferenceModel(ours)  # channels_last, inference_mode, CPU chunks: as eval.py and inference.py run it
 
     from torchvision.models.detection import ssd300_vgg16
 
@@ -84,32 +84,29 @@ def main() -> None:
             features = list(tv.backbone(x).values())
             tv.head(features)
 
-    def ours_forward() -> None:
-        with torch.inference_mode():
-            ours_cl(x_cl)
-
     def plain_forward() -> None:
         with torch.no_grad():
             plain(x)
 
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def whole_batch() -> None:
+        with torch.inference_mode():
+            ours(x_cl)
+
     candidates = {
         "torchvision ssd300_vgg16": torchvision_forward,
         "plain eager (NCHW)": plain_forward,
-        "SSD (channels_last)": ours_forward,
+        "channels_last, whole batch": whole_batch,
+        "InferenceModel": lambda: network(x),
     }
     compile_s = None
     if not args.no_compile:
-        compiled = torch.compile(ours_cl)
+        compiled = InferenceModel(ours, compile=True)
         start = time.perf_counter()
-        with torch.inference_mode():
-            compiled(x_cl)  # the compilation, timed apart
+        compiled(x)  # the compilation, timed apart
         compile_s = time.perf_counter() - start
-
-        def compiled_forward() -> None:
-            with torch.inference_mode():
-                compiled(x_cl)
-
-        candidates["SSD (channels_last, compiled)"] = compiled_forward
+        candidates["InferenceModel, compiled"] = lambda: compiled(x)
     if not args.no_onnx and device.type == "cpu":
         try:
             from utils.export import OnnxRunner, export_onnx
@@ -120,10 +117,12 @@ def main() -> None:
             candidates["onnxruntime"] = lambda: runner(x)
         except ValueError as error:
             print(f"onnxruntime skipped: {error}")
-    results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
-    macs = count_macs(plain, x[:1])
-    ceilings = gemm_ceilings(device)
+    gemms = gemm_candidates(device)
+    timed = {**candidates, **{name: call for name, (call, _) in gemms.items()}}
+    results = measure(timed, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
+    ceilings = {name: flops / results.pop(name)["median_s"] / 1e9 for name, (_, flops) in gemms.items()}
     ceiling = max(ceilings.values())
+    macs = count_macs(plain, x[:1])
     for stats in results.values():
         stats["gflops"] = 2 * macs * args.batch / stats["median_s"] / 1e9
         stats["fraction_of_gemm_ceiling"] = stats["gflops"] / ceiling

@@ -19,6 +19,7 @@ SUITE = [
     ("bench_forward.py", ["--batch", "1"]),
     ("bench_forward.py", ["--batch", "8", "--rounds", "3"]),
     ("bench_end_to_end.py", ["--batch", "1"]),
+    ("bench_end_to_end.py", ["--batch", "8", "--rounds", "3"]),
     ("bench_detect.py", ["--batch", "1"]),
     ("bench_loss.py", ["--batch", "32"]),
     ("bench_train_step.py", ["--batch", "8"]),

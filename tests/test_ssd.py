@@ -5,7 +5,8 @@ import torch
 
 from data.config import prior_config
 from layers.multibox_loss import MultiBoxLoss
-from ssd import SSD, ModelConfig, build_ssd
+import ssd as ssd_module
+from ssd import SSD, InferenceModel, ModelConfig, build_ssd
 from tests.reference import random_state, ssd_pytorch_forward, ssd_pytorch_shapes
 
 
@@ -112,3 +113,56 @@ def test_short_cpu_training_reduces_the_loss() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def narrow() -> SSD:
+    torch.manual_seed(0)
+    return build_ssd(300, 5, width=0.125, batch_norm=True).eval()
+
+
+def test_inference_model_chunks_a_cpu_batch_without_changing_outputs(narrow: SSD) -> None:
+    network = InferenceModel(narrow)
+    assert network.chunk == 4  # 12 MiB over 8 channels x 300 x 300 floats
+    assert InferenceModel(build_ssd(300, 21)).chunk == 1  # 64 channels: 23 MB per image
+    images = torch.randn(6, 3, 300, 300)  # chunks of 4 and 2
+    with torch.no_grad():
+        expected = narrow(images)
+    loc, conf = network(images)
+    assert not torch.is_inference_mode_enabled() and loc.is_inference()
+    torch.testing.assert_close(loc, expected[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(conf, expected[1], atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_inference_model_matches_eager(narrow: SSD) -> None:
+    """torch.compile with freezing folds BatchNorm and fuses ReLUs; the outputs stay the network's."""
+    images = torch.randn(4, 3, 300, 300)  # one chunk: one compilation
+    with torch.no_grad():
+        expected = narrow(images)
+    network = InferenceModel(narrow, compile=True)
+    loc, conf = network(images)
+    assert network.compiled is not None  # it compiled rather than falling back
+    torch.testing.assert_close(loc, expected[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(conf, expected[1], atol=1e-4, rtol=1e-4)
+
+
+def test_failed_compilation_falls_back_to_eager(narrow: SSD, caplog: pytest.LogCaptureFixture) -> None:
+    network = InferenceModel(narrow)
+
+    def broken(images: torch.Tensor) -> None:
+        raise RuntimeError("no C++ compiler found\ndetails")
+
+    network.compiled = broken
+    images = torch.randn(2, 3, 300, 300)
+    loc, _ = network(images)
+    assert network.compiled is None
+    assert "torch.compile failed, running eagerly: no C++ compiler found" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(loc, narrow(images)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_compiling_pays_off_only_for_many_images_on_a_cpu() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert ssd_module.compile_pays_off(cpu, ssd_module.COMPILE_MIN_IMAGES)
+    assert not ssd_module.compile_pays_off(cpu, ssd_module.COMPILE_MIN_IMAGES - 1)
+    assert not ssd_module.compile_pays_off(cuda, 10**6)
