@@ -89,6 +89,7 @@ def evaluate(
     iou_thresh: float = 0.5,
     progress: bool = True,
     compile: bool = False,
+    amp: bool = False,
 ) -> dict:
     """Detect on ``dataset`` and score the detections.
 
@@ -99,6 +100,7 @@ def evaluate(
         metric: ``voc07`` (11-point), ``voc12`` (area) or ``coco`` (needs a COCO dataset).
         convention: IoU convention of the VOC metrics (:data:`DEVKIT` or :data:`SSD_PYTORCH`).
         compile: run the network through ``torch.compile`` (see :class:`ssd.InferenceModel`).
+        amp: run the network in mixed precision (see :class:`ssd.InferenceModel`).
 
     Returns:
         ``{"metric", "map", "ap": {class: AP}, "missing_classes", "num_images", "num_detections",
@@ -115,7 +117,7 @@ def evaluate(
     detect = detect or Detect(model.num_classes)
     annotations = [dataset.pull_anno(i) for i in range(len(dataset))]  # read once: sizes here, ground truth below
     sizes = [(a.width, a.height) for a in annotations]
-    network = InferenceModel(model.to(device), compile)
+    network = InferenceModel(model.to(device), compile, amp)
     detections = run_detection(network, dataset, detect, sizes, batch_size, num_workers, progress)
     names = list(dataset.class_names)
     result: dict = {"metric": metric, "num_images": len(dataset), "detections": detections,
@@ -236,6 +238,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                         help="torch.compile the network; auto: on a CPU for 2000 images or more, where its start-up "
                              "pays off")  # fmt: skip
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision: float16 on a GPU, bfloat16 on a CPU (about 2x faster on CPUs with "
+                             "bfloat16 instructions; check the mAP it gives)")  # fmt: skip
     parser.add_argument("--project", default="runs/eval", help="outputs go to <project>/<name><N>")
     parser.add_argument("--name", default="exp")
     return parser
@@ -257,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
                 "ssd.pytorch" if args.ssd_pytorch else "devkit")  # fmt: skip
     compile = args.compile == "on" or (args.compile == "auto" and compile_pays_off(device, len(dataset)))
     result = evaluate(model, dataset, detect, device, args.batch_size, args.num_workers, metric, convention,
-                      args.iou_thresh, compile=compile)  # fmt: skip
+                      args.iou_thresh, compile=compile, amp=args.amp)  # fmt: skip
 
     out_dir = increment_run_dir(args.project, args.name)
     settings = {"weights": str(args.weights), "dataset": preset.name, "dataset_root": str(args.dataset_root),

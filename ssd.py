@@ -308,18 +308,25 @@ class InferenceModel:
     the network in ``torch.compile`` with freezing: weights become constants of the compiled graph (fused
     convolution + ReLU on prepacked weights), so build a new InferenceModel after changing them. Compiling takes
     seconds to a minute, once per process; if it fails (no C++ compiler, say), the network runs eagerly.
+    ``amp=True`` runs the network under autocast, float16 on a GPU and bfloat16 on a CPU (fast where the CPU has
+    bfloat16 instructions, such as AVX512_BF16 or AMX); the outputs are float32 either way.
 
     Args:
         model: the SSD; it is put in eval mode and channels_last memory format.
         compile: use ``torch.compile``.
+        amp: use mixed precision.
     """
 
-    def __init__(self, model: SSD, compile: bool = False) -> None:
+    def __init__(self, model: SSD, compile: bool = False, amp: bool = False) -> None:
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.priors = model.priors
         self.num_classes = model.num_classes
         self.device = model.priors.device
-        first_activation = model.vgg[0].out_channels * model.config.size**2 * 4  # bytes per image
+        self.amp_dtype = (torch.float16 if self.device.type == "cuda" else torch.bfloat16) if amp else None
+        if self.amp_dtype == torch.bfloat16 and not _cpu_has_bf16():
+            logger.warning("this CPU has no bfloat16 instructions: --amp will be slower than float32")
+        element = torch.finfo(self.amp_dtype or torch.float32).bits // 8
+        first_activation = model.vgg[0].out_channels * model.config.size**2 * element  # bytes per image
         self.chunk = max(1, CPU_CHUNK_BYTES // first_activation) if self.device.type == "cpu" else None
         self.compiled = torch.compile(model, options={"freezing": True}, dynamic=False) if compile else None
 
@@ -331,14 +338,15 @@ class InferenceModel:
             images (Tensor[B, 3, size, size]): the preprocessed batch, on any device.
 
         Returns:
-            loc_preds (Tensor[B, P, 4]) and conf_preds (Tensor[B, P, C]), as :meth:`SSD.forward`.
+            loc_preds (Tensor[B, P, 4]) and conf_preds (Tensor[B, P, C]), float32, as :meth:`SSD.forward`.
         """
         images = images.to(self.device).contiguous(memory_format=torch.channels_last)
         chunks = images.split(self.chunk) if self.chunk else (images,)
-        outputs = [self._forward(chunk) for chunk in chunks]
-        if len(outputs) == 1:
-            return outputs[0]
-        return torch.cat([loc for loc, _ in outputs]), torch.cat([conf for _, conf in outputs])
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = [self._forward(chunk) for chunk in chunks]
+        loc = outputs[0][0] if len(outputs) == 1 else torch.cat([loc for loc, _ in outputs])
+        conf = outputs[0][1] if len(outputs) == 1 else torch.cat([conf for _, conf in outputs])
+        return loc.float(), conf.float()
 
     def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         if self.compiled is not None:
@@ -348,3 +356,8 @@ class InferenceModel:
                 logger.warning("torch.compile failed, running eagerly: %s", str(error).splitlines()[0])
                 self.compiled = None
         return self.model(images)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 kernels on this CPU."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

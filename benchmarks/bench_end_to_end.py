@@ -69,6 +69,14 @@ def main() -> None:
         "SSD + Detect": ours,
         "Detect alone": lambda: detect(*outputs, model.priors),  # its share of "SSD + Detect"
     }
+    if args.amp:
+        mixed = InferenceModel(model, amp=True)
+
+        def ours_amp() -> None:
+            batch = torch.from_numpy(np.stack([transform(image)[0] for image in images]))
+            detect(*mixed(batch), mixed.priors)
+
+        candidates["SSD + Detect, amp"] = ours_amp
     results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
     plain_ratio = results["plain eager + loop NMS"]["median_s"] / results["SSD + Detect"]["median_s"]
     detect_share = results["Detect alone"]["median_s"] / results["SSD + Detect"]["median_s"]

@@ -107,6 +107,9 @@ def main() -> None:
         compiled(x)  # the compilation, timed apart
         compile_s = time.perf_counter() - start
         candidates["InferenceModel, compiled"] = lambda: compiled(x)
+    if args.amp:
+        mixed = InferenceModel(ours, amp=True)
+        candidates[f"InferenceModel, amp ({str(mixed.amp_dtype).split('.')[1]})"] = lambda: mixed(x)
     if not args.no_onnx and device.type == "cpu":
         try:
             from utils.export import OnnxRunner, export_onnx

@@ -28,7 +28,6 @@ def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0], batch=8)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch_norm", action="store_true")
-    parser.add_argument("--amp", action="store_true", help="autocast (CUDA)")
     parser.set_defaults(rounds=3, warmup=1)
     args = parser.parse_args()
     device = setup(args)

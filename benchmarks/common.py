@@ -25,6 +25,8 @@ def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads (default: all cores)")
     parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--amp", action="store_true",
+                        help="also measure mixed precision: float16 autocast on CUDA; bfloat16 for inference on a CPU")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds per candidate")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds per candidate")
     parser.add_argument("--number", type=int, default=1, help="calls per round")

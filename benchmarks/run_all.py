@@ -16,9 +16,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # (script, extra arguments); each writes runs/bench/<name>.json
 SUITE = [
-    ("bench_forward.py", ["--batch", "1"]),
+    ("bench_forward.py", ["--batch", "1", "--amp"]),
     ("bench_forward.py", ["--batch", "8", "--rounds", "3"]),
-    ("bench_end_to_end.py", ["--batch", "1"]),
+    ("bench_end_to_end.py", ["--batch", "1", "--amp"]),
     ("bench_end_to_end.py", ["--batch", "8", "--rounds", "3"]),
     ("bench_detect.py", ["--batch", "1"]),
     ("bench_loss.py", ["--batch", "32"]),

@@ -94,8 +94,10 @@ def test_cli_end_to_end_on_shapes(tmp_path: Path) -> None:
     assert [float(v) for v in lines[0].split()[2:]] == pytest.approx([61.0, 91.0, 181.0, 271.0], abs=0.1)
     assert (out / "results" / "det_test_circle.txt").read_text() == ""
     second = run_eval("--weights", str(weights), "--dataset", "Shapes", "--dataset_root", str(tmp_path / "shapes"),
-                      "--num_workers", "0", "--metric", "voc12", "--project", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
-    assert second.returncode == 0 and (tmp_path / "runs" / "exp2" / "ap.json").is_file()
+                      "--num_workers", "0", "--metric", "voc12", "--amp", "--project", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    mixed = json.loads((tmp_path / "runs" / "exp2" / "ap.json").read_text())
+    assert mixed["metric"] == "voc12" and mixed["map"] == pytest.approx(summary["map"])  # bfloat16 finds the same
 
 
 def test_cli_failures_are_one_line(tmp_path: Path) -> None:

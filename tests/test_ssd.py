@@ -5,8 +5,7 @@ import torch
 
 from data.config import prior_config
 from layers.multibox_loss import MultiBoxLoss
-import ssd as ssd_module
-from ssd import SSD, InferenceModel, ModelConfig, build_ssd
+from ssd import COMPILE_MIN_IMAGES, SSD, InferenceModel, ModelConfig, build_ssd, compile_pays_off
 from tests.reference import random_state, ssd_pytorch_forward, ssd_pytorch_shapes
 
 
@@ -163,6 +162,20 @@ def test_failed_compilation_falls_back_to_eager(narrow: SSD, caplog: pytest.LogC
 
 def test_compiling_pays_off_only_for_many_images_on_a_cpu() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert ssd_module.compile_pays_off(cpu, ssd_module.COMPILE_MIN_IMAGES)
-    assert not ssd_module.compile_pays_off(cpu, ssd_module.COMPILE_MIN_IMAGES - 1)
-    assert not ssd_module.compile_pays_off(cuda, 10**6)
+    assert compile_pays_off(cpu, COMPILE_MIN_IMAGES)
+    assert not compile_pays_off(cpu, COMPILE_MIN_IMAGES - 1)
+    assert not compile_pays_off(cuda, 10**6)
+
+
+def test_mixed_precision_inference_gives_float32_close_to_the_network(narrow: SSD) -> None:
+    images = torch.randn(2, 3, 300, 300)
+    with torch.no_grad():
+        expected = narrow(images)
+    network = InferenceModel(narrow, amp=True)
+    assert network.amp_dtype == torch.bfloat16  # on a CPU
+    assert network.chunk == 8  # bfloat16 activations take half the bytes
+    loc, conf = network(images)
+    assert loc.dtype == conf.dtype == torch.float32
+    assert not torch.equal(conf, expected[1])  # it did run in bfloat16 (8 significant bits)
+    for got, want in zip((loc, conf), expected, strict=True):
+        assert (got - want).abs().max() < 0.05 * want.abs().max()
