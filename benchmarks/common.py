@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from utils.cli import keep_freed_memory
+
 
 def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
@@ -35,6 +37,7 @@ def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser
 
 
 def setup(args: argparse.Namespace) -> torch.device:
+    keep_freed_memory()  # as the scripts run (utils/cli.py), for every candidate alike
     if args.threads:
         torch.set_num_threads(args.threads)
         import cv2
