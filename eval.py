@@ -26,7 +26,7 @@ from data.base import DetectionDataset, detection_collate
 from data.build import build_dataset
 from data.config import get_preset
 from layers.detection import Detect
-from ssd import SSD, InferenceModel, compile_pays_off
+from ssd import SSD, InferenceModel
 from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform
 from utils.cli import run_cli
 from utils.plots import plot_pr_curves
@@ -235,9 +235,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
     parser.add_argument("--num_workers", "--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                        help="torch.compile the network; auto: on a CPU for 2000 images or more, where its start-up "
-                             "pays off")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network: seconds to a minute once, then a few percent faster")  # fmt: skip
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: float16 on a GPU, bfloat16 on a CPU (about 2x faster on CPUs with "
                              "bfloat16 instructions; check the mAP it gives)")  # fmt: skip
@@ -260,9 +259,8 @@ def main(args: argparse.Namespace) -> int:
     convention = SSD_PYTORCH if args.ssd_pytorch else DEVKIT
     logger.info("evaluating %s on %d %s images (%s, %s IoU)", args.weights, len(dataset), preset.name, metric,
                 "ssd.pytorch" if args.ssd_pytorch else "devkit")  # fmt: skip
-    compile = args.compile == "on" or (args.compile == "auto" and compile_pays_off(device, len(dataset)))
     result = evaluate(model, dataset, detect, device, args.batch_size, args.num_workers, metric, convention,
-                      args.iou_thresh, compile=compile, amp=args.amp)  # fmt: skip
+                      args.iou_thresh, compile=args.compile, amp=args.amp)  # fmt: skip
 
     out_dir = increment_run_dir(args.project, args.name)
     settings = {"weights": str(args.weights), "dataset": preset.name, "dataset_root": str(args.dataset_root),

@@ -284,7 +284,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="images or frames per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network: about 16 s once, then ~10%% faster on a CPU")  # fmt: skip
+                        help="torch.compile the network: seconds to a minute once, then a few percent faster")  # fmt: skip
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: float16 on a GPU, bfloat16 on a CPU (about 2x faster on CPUs with "
                              "bfloat16 instructions)")  # fmt: skip

@@ -283,31 +283,14 @@ def model_config_from_dict(data: dict) -> ModelConfig:
     )
 
 
-# On a CPU, InferenceModel feeds a batch to the network in chunks whose first activation (the largest) stays within
-# this many bytes: beyond it the activations fall out of the last-level cache. python
-# benchmarks/bench_forward.py --batch 8 measures it; on the 2-core EPYC with 32 MiB of L3 used for the README,
-# SSD300 took 140 / 141 / 150 / 156 ms per image in chunks of 1 / 2 / 4 / 8 images (23 MiB per image), and at
-# width 1/8 (2.9 MiB per image) 5.6 / 5.3 / 4.8 / 7.0 / 11.2 ms in chunks of 1 / 2 / 4 / 8 / 32.
-CPU_CHUNK_BYTES = 12 * 2**20
-
-# torch.compile (with freezing) costs about 16 s on first use on that CPU and saves about 10% of the forward,
-# 13 ms per SSD300 image (python benchmarks/bench_forward.py): it pays off from about 1200 images.
-COMPILE_MIN_IMAGES = 2000
-
-
-def compile_pays_off(device: torch.device, num_images: int) -> bool:
-    """Whether compiling the network for ``num_images`` images should save time overall (measured on CPU only)."""
-    return device.type == "cpu" and num_images >= COMPILE_MIN_IMAGES
-
-
 class InferenceModel:
     """An SSD prepared for fast inference: ``network(images) -> (loc_preds, conf_preds)``.
 
-    The network runs channels_last under ``torch.inference_mode``. On a CPU the batch goes through in chunks
-    that keep activations in cache (see :data:`CPU_CHUNK_BYTES`); a GPU takes it whole. ``compile=True`` wraps
+    The network runs channels_last under ``torch.inference_mode``. ``compile=True`` wraps
     the network in ``torch.compile`` with freezing: weights become constants of the compiled graph (fused
     convolution + ReLU on prepacked weights), so build a new InferenceModel after changing them. Compiling takes
-    seconds to a minute, once per process; if it fails (no C++ compiler, say), the network runs eagerly.
+    seconds to a minute, once per process and input shape, for a few percent on a CPU (python
+    benchmarks/bench_forward.py); if it fails (no C++ compiler, say), the network runs eagerly.
     ``amp=True`` runs the network under autocast, float16 on a GPU and bfloat16 on a CPU (fast where the CPU has
     bfloat16 instructions, such as AVX512_BF16 or AMX); the outputs are float32 either way.
 
@@ -325,9 +308,6 @@ class InferenceModel:
         self.amp_dtype = (torch.float16 if self.device.type == "cuda" else torch.bfloat16) if amp else None
         if self.amp_dtype == torch.bfloat16 and not _cpu_has_bf16():
             logger.warning("this CPU has no bfloat16 instructions: --amp will be slower than float32")
-        element = torch.finfo(self.amp_dtype or torch.float32).bits // 8
-        first_activation = model.vgg[0].out_channels * model.config.size**2 * element  # bytes per image
-        self.chunk = max(1, CPU_CHUNK_BYTES // first_activation) if self.device.type == "cpu" else None
         self.compiled = torch.compile(model, options={"freezing": True}, dynamic=False) if compile else None
 
     @torch.inference_mode()
@@ -341,11 +321,8 @@ class InferenceModel:
             loc_preds (Tensor[B, P, 4]) and conf_preds (Tensor[B, P, C]), float32, as :meth:`SSD.forward`.
         """
         images = images.to(self.device).contiguous(memory_format=torch.channels_last)
-        chunks = images.split(self.chunk) if self.chunk else (images,)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            outputs = [self._forward(chunk) for chunk in chunks]
-        loc = outputs[0][0] if len(outputs) == 1 else torch.cat([loc for loc, _ in outputs])
-        conf = outputs[0][1] if len(outputs) == 1 else torch.cat([conf for _, conf in outputs])
+            loc, conf = self._forward(images)
         return loc.float(), conf.float()
 
     def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,10 +1,10 @@
 """(a) network forward, (h) onnxruntime and (i) the GEMM ceiling.
 
 Candidates, SSD300 fp32 at --batch: this project's SSD as eval.py and inference.py run it (ssd.InferenceModel:
-channels_last, inference_mode, the batch in cache-sized chunks on a CPU; also compiled, as with --compile,
-its compilation timed apart), the same network channels_last on the whole batch and plain eager (NCHW,
-no_grad), torchvision's ssd300_vgg16 backbone + head (weights=None; the baseline), and onnxruntime on the
-exported graph when onnxruntime is installed. The ceiling is the best of torch.mm's GFLOP/s with the
+channels_last, inference_mode; also compiled, as with --compile, its compilation timed apart; with --amp also
+in mixed precision), the same network plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head
+(weights=None; the baseline), and onnxruntime on the exported graph when onnxruntime is installed. Like the
+scripts, the process keeps freed memory (utils.cli.keep_freed_memory), which speeds up every candidate. The ceiling is the best of torch.mm's GFLOP/s with the
 same threads and two convolutions that the convolution library runs as GEMMs (see gemm_candidates); the
 network's multiply-accumulates are counted from its convolutions.
 
@@ -80,7 +80,7 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 300, 300, device=device)
     ours = build_ssd(300, 21).to(device).eval()
     plain = build_ssd(300, 21).to(device).eval()
-    network = InferenceModel(ours)  # channels_last, inference_mode, CPU chunks: as eval.py and inference.py run it
+    network = InferenceModel(ours)  # as eval.py and inference.py run it
 
     from torchvision.models.detection import ssd300_vgg16
 
@@ -95,16 +95,9 @@ def main() -> None:
         with torch.no_grad():
             plain(x)
 
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-
-    def whole_batch() -> None:
-        with torch.inference_mode():
-            ours(x_cl)
-
     candidates = {
         "torchvision ssd300_vgg16": torchvision_forward,
         "plain eager (NCHW)": plain_forward,
-        "channels_last, whole batch": whole_batch,
         "InferenceModel": lambda: network(x),
     }
     compile_s = None

@@ -90,8 +90,8 @@ class MultiBoxLoss(nn.Module):
 
         with torch.no_grad():
             # Cross-entropy of every prior, [B, P], only to rank the negatives: no gradient is needed here.
-            logits = conf_preds.detach().float()
-            prior_loss = torch.logsumexp(logits, dim=-1) - logits.gather(-1, conf_targets.unsqueeze(-1)).squeeze(-1)
+            logits = conf_preds.detach().float().flatten(0, 1)  # [B*P, C]
+            prior_loss = F.cross_entropy(logits, conf_targets.flatten(), reduction="none").view(batch_size, -1)
             # Per image, the num_neg background priors with the highest loss. One topk of the largest
             # num_neg in the batch (hundreds of priors, not all P) replaces a full sort per image.
             mining_loss = prior_loss.masked_fill(positive, float("-inf"))

@@ -5,7 +5,7 @@ import torch
 
 from data.config import prior_config
 from layers.multibox_loss import MultiBoxLoss
-from ssd import COMPILE_MIN_IMAGES, SSD, InferenceModel, ModelConfig, build_ssd, compile_pays_off
+from ssd import SSD, InferenceModel, ModelConfig, build_ssd
 from tests.reference import random_state, ssd_pytorch_forward, ssd_pytorch_shapes
 
 
@@ -120,14 +120,11 @@ def narrow() -> SSD:
     return build_ssd(300, 5, width=0.125, batch_norm=True).eval()
 
 
-def test_inference_model_chunks_a_cpu_batch_without_changing_outputs(narrow: SSD) -> None:
-    network = InferenceModel(narrow)
-    assert network.chunk == 4  # 12 MiB over 8 channels x 300 x 300 floats
-    assert InferenceModel(build_ssd(300, 21)).chunk == 1  # 64 channels: 23 MB per image
-    images = torch.randn(6, 3, 300, 300)  # chunks of 4 and 2
+def test_inference_model_gives_the_network_outputs(narrow: SSD) -> None:
+    images = torch.randn(3, 3, 300, 300)
     with torch.no_grad():
         expected = narrow(images)
-    loc, conf = network(images)
+    loc, conf = InferenceModel(narrow)(images)
     assert not torch.is_inference_mode_enabled() and loc.is_inference()
     torch.testing.assert_close(loc, expected[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(conf, expected[1], atol=1e-5, rtol=1e-4)
@@ -135,7 +132,7 @@ def test_inference_model_chunks_a_cpu_batch_without_changing_outputs(narrow: SSD
 
 def test_compiled_inference_model_matches_eager(narrow: SSD) -> None:
     """torch.compile with freezing folds BatchNorm and fuses ReLUs; the outputs stay the network's."""
-    images = torch.randn(4, 3, 300, 300)  # one chunk: one compilation
+    images = torch.randn(4, 3, 300, 300)
     with torch.no_grad():
         expected = narrow(images)
     network = InferenceModel(narrow, compile=True)
@@ -160,20 +157,12 @@ def test_failed_compilation_falls_back_to_eager(narrow: SSD, caplog: pytest.LogC
         torch.testing.assert_close(loc, narrow(images)[0], atol=1e-5, rtol=1e-4)
 
 
-def test_compiling_pays_off_only_for_many_images_on_a_cpu() -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert compile_pays_off(cpu, COMPILE_MIN_IMAGES)
-    assert not compile_pays_off(cpu, COMPILE_MIN_IMAGES - 1)
-    assert not compile_pays_off(cuda, 10**6)
-
-
 def test_mixed_precision_inference_gives_float32_close_to_the_network(narrow: SSD) -> None:
     images = torch.randn(2, 3, 300, 300)
     with torch.no_grad():
         expected = narrow(images)
     network = InferenceModel(narrow, amp=True)
     assert network.amp_dtype == torch.bfloat16  # on a CPU
-    assert network.chunk == 8  # bfloat16 activations take half the bytes
     loc, conf = network(images)
     assert loc.dtype == conf.dtype == torch.float32
     assert not torch.equal(conf, expected[1])  # it did run in bfloat16 (8 significant bits)
