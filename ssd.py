@@ -305,9 +305,7 @@ class InferenceModel:
         self.priors = model.priors
         self.num_classes = model.num_classes
         self.device = model.priors.device
-        self.amp_dtype = (torch.float16 if self.device.type == "cuda" else torch.bfloat16) if amp else None
-        if self.amp_dtype == torch.bfloat16 and not _cpu_has_bf16():
-            logger.warning("this CPU has no bfloat16 instructions: --amp will be slower than float32")
+        self.amp_dtype = mixed_precision_dtype(self.device) if amp else None
         self.compiled = torch.compile(model, options={"freezing": True}, dynamic=False) if compile else None
 
     @torch.inference_mode()
@@ -335,6 +333,11 @@ class InferenceModel:
         return self.model(images)
 
 
-def _cpu_has_bf16() -> bool:
-    """Whether oneDNN has native bfloat16 kernels on this CPU."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def mixed_precision_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype for ``device``: float16 on a GPU, bfloat16 elsewhere (a CPU runs it fast only with
+    bfloat16 instructions such as AVX512_BF16 or AMX; without them this warns)."""
+    if device.type == "cuda":
+        return torch.float16
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        logger.warning("this CPU has no bfloat16 instructions: mixed precision will be slower than float32")
+    return torch.bfloat16

@@ -1,8 +1,9 @@
 """(e) one training step (forward, MultiBoxLoss, backward, SGD) at --batch, images/s.
 
 The baseline is a plain eager step: NCHW tensors and ssd.pytorch's per-image-loop matching. The candidate
-is train.py's step: channels_last and the batched MultiBoxLoss. --width 0.125 --batch_norm measures the
-small network used for CPU runs.
+is train.py's step: channels_last and the batched MultiBoxLoss; with --amp also in mixed precision (float16
+on a GPU, bfloat16 on a CPU), as train.py --amp. --width 0.125 --batch_norm measures the small network used
+for CPU runs.
 
     python benchmarks/bench_train_step.py --batch 8
     python benchmarks/bench_train_step.py --batch 8 --width 0.125 --batch_norm
@@ -21,7 +22,7 @@ import torch  # noqa: E402
 from benchmarks.bench_loss import loop_matching_loss  # noqa: E402
 from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
-from ssd import build_ssd  # noqa: E402
+from ssd import build_ssd, mixed_precision_dtype  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         boxes = torch.cat([xy, xy + 0.3], 1)
         targets.append(torch.cat([boxes, torch.randint(0, 20, (3, 1), generator=g).float()], 1).to(device))
 
-    def make(channels_last: bool):  # noqa: ANN202
+    def make(channels_last: bool, amp: bool = False):  # noqa: ANN202
         torch.manual_seed(0)
         model = build_ssd(300, 21, width=args.width, batch_norm=args.batch_norm).to(device).train()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -47,9 +48,11 @@ def main() -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         criterion = MultiBoxLoss(21)
         batch = images.contiguous(memory_format=fmt)
+        dtype = mixed_precision_dtype(device) if amp else None
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py
 
         def step() -> None:
-            with torch.autocast(device.type, enabled=args.amp and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
                 loc, conf = model(batch)
             if channels_last:
                 loss_l, loss_c = criterion(loc.float(), conf.float(), model.priors, targets)
@@ -57,13 +60,16 @@ def main() -> None:
             else:
                 loss = loop_matching_loss(loc.float(), conf.float(), model.priors, targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
         return step
 
-    results = measure({"plain eager step": make(False), "train.py step": make(True)}, rounds=args.rounds, warmup=args.warmup,
-                      number=args.number, device=device)  # fmt: skip
+    candidates = {"plain eager step": make(False), "train.py step": make(True)}
+    if args.amp:
+        candidates["train.py step, --amp"] = make(True, amp=True)
+    results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
     suffix = f"w{args.width:g}{'_bn' if args.batch_norm else ''}"
     report(f"train_step_b{args.batch}_{suffix}", results, "plain eager step", args, device, per_call_items=args.batch)
 

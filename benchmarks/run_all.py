@@ -22,7 +22,7 @@ SUITE = [
     ("bench_end_to_end.py", ["--batch", "8", "--rounds", "3"]),
     ("bench_detect.py", ["--batch", "1"]),
     ("bench_loss.py", ["--batch", "32"]),
-    ("bench_train_step.py", ["--batch", "8"]),
+    ("bench_train_step.py", ["--batch", "8", "--amp"]),
     ("bench_train_step.py", ["--batch", "8", "--width", "0.125", "--batch_norm"]),
     ("bench_augmentation.py", []),
     ("bench_voc_eval.py", []),

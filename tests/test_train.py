@@ -177,3 +177,19 @@ def test_bad_input_is_one_line(shapes: Path, tmp_path: Path) -> None:
     )
     no_root = run_cli("--dataset", "Shapes", cwd=tmp_path)
     assert no_root.returncode == 2 and "--dataset_root is required" in no_root.stderr
+
+
+def test_amp_on_a_cpu_trains_in_bfloat16(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.dtype] = []
+    forward = train.SSD.forward
+
+    def recording_forward(self: train.SSD, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, conf = forward(self, x)
+        seen.append(conf.dtype)
+        return loc, conf
+
+    monkeypatch.setattr(train.SSD, "forward", recording_forward)
+    assert run_main(args_for(shapes, tmp_path / "runs", "--end_epoch", "2", "--amp")) == 0
+    assert seen and set(seen) == {torch.bfloat16}  # autocast was on, without a GradScaler (bfloat16)
+    assert torch.isfinite(torch.tensor(losses(tmp_path / "runs" / "exp1"))).all()
+    assert read_checkpoint(tmp_path / "runs" / "exp1" / "last.pth")["epoch"] == 2
