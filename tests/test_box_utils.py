@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from data.config import prior_config
 from layers.box_utils import (
@@ -52,6 +53,7 @@ def test_iou_hand_worked() -> None:
     g = torch.Generator().manual_seed(1)
     x, y = random_boxes(30, g), random_boxes(40, g)
     torch.testing.assert_close(iou(x, y), plain_iou(x, y))
+    torch.testing.assert_close(iou(x, y), box_iou(x, y))  # the values torchvision gives
 
 
 def test_decode_inverts_encode(priors: torch.Tensor) -> None:
