@@ -88,7 +88,6 @@ def evaluate(
     convention: IoUConvention = DEVKIT,
     iou_thresh: float = 0.5,
     progress: bool = True,
-    compile: bool = False,
     amp: bool = False,
 ) -> dict:
     """Detect on ``dataset`` and score the detections.
@@ -99,7 +98,6 @@ def evaluate(
         detect: post-processing; Caffe SSD's test settings by default.
         metric: ``voc07`` (11-point), ``voc12`` (area) or ``coco`` (needs a COCO dataset).
         convention: IoU convention of the VOC metrics (:data:`DEVKIT` or :data:`SSD_PYTORCH`).
-        compile: run the network through ``torch.compile`` (see :class:`ssd.InferenceModel`).
         amp: run the network in mixed precision (see :class:`ssd.InferenceModel`).
 
     Returns:
@@ -117,7 +115,7 @@ def evaluate(
     detect = detect or Detect(model.num_classes)
     annotations = [dataset.pull_anno(i) for i in range(len(dataset))]  # read once: sizes here, ground truth below
     sizes = [(a.width, a.height) for a in annotations]
-    network = InferenceModel(model.to(device), compile, amp)
+    network = InferenceModel(model.to(device), amp)
     detections = run_detection(network, dataset, detect, sizes, batch_size, num_workers, progress)
     names = list(dataset.class_names)
     result: dict = {"metric": metric, "num_images": len(dataset), "detections": detections,
@@ -235,8 +233,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
     parser.add_argument("--num_workers", "--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network: seconds to a minute once, then a few percent faster")  # fmt: skip
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: float16 on a GPU, bfloat16 on a CPU (about 2x faster on CPUs with "
                              "bfloat16 instructions; check the mAP it gives)")  # fmt: skip
@@ -260,7 +256,7 @@ def main(args: argparse.Namespace) -> int:
     logger.info("evaluating %s on %d %s images (%s, %s IoU)", args.weights, len(dataset), preset.name, metric,
                 "ssd.pytorch" if args.ssd_pytorch else "devkit")  # fmt: skip
     result = evaluate(model, dataset, detect, device, args.batch_size, args.num_workers, metric, convention,
-                      args.iou_thresh, compile=args.compile, amp=args.amp)  # fmt: skip
+                      args.iou_thresh, amp=args.amp)  # fmt: skip
 
     out_dir = increment_run_dir(args.project, args.name)
     settings = {"weights": str(args.weights), "dataset": preset.name, "dataset_root": str(args.dataset_root),

@@ -97,11 +97,10 @@ class TorchRunner:
         size: int,
         priors: str,
         device: torch.device,
-        compile: bool = False,
         amp: bool = False,
     ) -> None:
         model, checkpoint = load_detector(weights, num_classes, size, priors, device, check_classes=False)
-        self.network = InferenceModel(model, compile, amp)
+        self.network = InferenceModel(model, amp)
         self.priors = model.priors
         self.num_classes = model.num_classes
         self.size = model.config.size
@@ -258,7 +257,7 @@ def load_runner(args: argparse.Namespace, num_classes: int, prior_family: str, d
         from utils.export import OnnxRunner
 
         return OnnxRunner(args.weights)
-    return TorchRunner(args.weights, num_classes, args.size, prior_family, device, args.compile, args.amp)
+    return TorchRunner(args.weights, num_classes, args.size, prior_family, device, args.amp)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -283,8 +282,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep_top_k", type=int, default=200)
     parser.add_argument("--batch_size", "--batch-size", type=int, default=8, help="images or frames per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network: seconds to a minute once, then a few percent faster")  # fmt: skip
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: float16 on a GPU, bfloat16 on a CPU (about 2x faster on CPUs with "
                              "bfloat16 instructions)")  # fmt: skip

@@ -286,27 +286,22 @@ def model_config_from_dict(data: dict) -> ModelConfig:
 class InferenceModel:
     """An SSD prepared for fast inference: ``network(images) -> (loc_preds, conf_preds)``.
 
-    The network runs channels_last under ``torch.inference_mode``. ``compile=True`` wraps
-    the network in ``torch.compile`` with freezing: weights become constants of the compiled graph (fused
-    convolution + ReLU on prepacked weights), so build a new InferenceModel after changing them. Compiling takes
-    seconds to a minute, once per process and input shape, for a few percent on a CPU (python
-    benchmarks/bench_forward.py); if it fails (no C++ compiler, say), the network runs eagerly.
-    ``amp=True`` runs the network under autocast, float16 on a GPU and bfloat16 on a CPU (fast where the CPU has
-    bfloat16 instructions, such as AVX512_BF16 or AMX); the outputs are float32 either way.
+    The network runs channels_last under ``torch.inference_mode``. ``amp=True`` runs it under autocast,
+    float16 on a GPU and bfloat16 on a CPU (fast where the CPU has bfloat16 instructions, such as AVX512_BF16
+    or AMX); the outputs are float32 either way. (torch.compile was measured too, with freezing: no gain on
+    the CPU, python benchmarks/bench_forward.py.)
 
     Args:
         model: the SSD; it is put in eval mode and channels_last memory format.
-        compile: use ``torch.compile``.
         amp: use mixed precision.
     """
 
-    def __init__(self, model: SSD, compile: bool = False, amp: bool = False) -> None:
+    def __init__(self, model: SSD, amp: bool = False) -> None:
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.priors = model.priors
         self.num_classes = model.num_classes
         self.device = model.priors.device
         self.amp_dtype = mixed_precision_dtype(self.device) if amp else None
-        self.compiled = torch.compile(model, options={"freezing": True}, dynamic=False) if compile else None
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -320,17 +315,8 @@ class InferenceModel:
         """
         images = images.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loc, conf = self._forward(images)
+            loc, conf = self.model(images)
         return loc.float(), conf.float()
-
-    def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        if self.compiled is not None:
-            try:
-                return self.compiled(images)
-            except Exception as error:  # noqa: BLE001 - any compiler failure; the eager network still works
-                logger.warning("torch.compile failed, running eagerly: %s", str(error).splitlines()[0])
-                self.compiled = None
-        return self.model(images)
 
 
 def mixed_precision_dtype(device: torch.device) -> torch.dtype:

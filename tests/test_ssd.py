@@ -130,33 +130,6 @@ def test_inference_model_gives_the_network_outputs(narrow: SSD) -> None:
     torch.testing.assert_close(conf, expected[1], atol=1e-5, rtol=1e-4)
 
 
-def test_compiled_inference_model_matches_eager(narrow: SSD) -> None:
-    """torch.compile with freezing folds BatchNorm and fuses ReLUs; the outputs stay the network's."""
-    images = torch.randn(4, 3, 300, 300)
-    with torch.no_grad():
-        expected = narrow(images)
-    network = InferenceModel(narrow, compile=True)
-    loc, conf = network(images)
-    assert network.compiled is not None  # it compiled rather than falling back
-    torch.testing.assert_close(loc, expected[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(conf, expected[1], atol=1e-4, rtol=1e-4)
-
-
-def test_failed_compilation_falls_back_to_eager(narrow: SSD, caplog: pytest.LogCaptureFixture) -> None:
-    network = InferenceModel(narrow)
-
-    def broken(images: torch.Tensor) -> None:
-        raise RuntimeError("no C++ compiler found\ndetails")
-
-    network.compiled = broken
-    images = torch.randn(2, 3, 300, 300)
-    loc, _ = network(images)
-    assert network.compiled is None
-    assert "torch.compile failed, running eagerly: no C++ compiler found" in caplog.text
-    with torch.no_grad():
-        torch.testing.assert_close(loc, narrow(images)[0], atol=1e-5, rtol=1e-4)
-
-
 def test_mixed_precision_inference_gives_float32_close_to_the_network(narrow: SSD) -> None:
     images = torch.randn(2, 3, 300, 300)
     with torch.no_grad():
