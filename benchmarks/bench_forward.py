@@ -8,7 +8,7 @@ scripts, the process keeps freed memory (utils.cli.keep_freed_memory), which spe
 same threads and two convolutions that the convolution library runs as GEMMs (see gemm_candidates); the
 network's multiply-accumulates are counted from its convolutions.
 
-    python benchmarks/bench_forward.py --batch 1
+    python benchmarks/bench_forward.py --batch 1 --layers
     python benchmarks/bench_forward.py --batch 8
 """
 
@@ -71,10 +71,47 @@ def gemm_candidates(device: torch.device) -> dict[str, tuple[Callable[[], object
             "conv3x3_gemm": conv_gemm(256, 3, 1, 75)}  # fmt: skip
 
 
+def layer_profile(model: nn.Module, x: torch.Tensor, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Milliseconds per forward (and GFLOP/s for convolutions) of each kind of layer, convolutions grouped by
+    output size: where the forward loses against the ceiling. Timed with module hooks (small overhead)."""
+    seconds: dict[str, float] = {}
+    flops: dict[str, float] = {}
+
+    def group(module: nn.Module, output: torch.Tensor) -> str:
+        if not isinstance(module, nn.Conv2d):
+            return type(module).__name__
+        return "conv1_1 (3 channels in)" if module.in_channels == 3 else f"conv {output.shape[-1]}x{output.shape[-1]}"
+
+    def before(module: nn.Module, _inputs) -> None:
+        module._bench_start = time.perf_counter()
+
+    def after(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        key = group(module, output)
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - module._bench_start
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            flops[key] = flops.get(key, 0.0) + 2 * output.numel() * module.in_channels // module.groups * kh * kw
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [h for m in leaves for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    with torch.inference_mode():
+        model(x)
+        seconds.clear(), flops.clear()
+        for _ in range(rounds):
+            model(x)
+    for handle in handles:
+        handle.remove()
+    return {
+        key: {"ms": 1e3 * total / rounds, **({"gflops": flops[key] / total / 1e9} if key in flops else {})}
+        for key, total in sorted(seconds.items(), key=lambda item: -item[1])
+    }
+
+
 def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--no_onnx", action="store_true")
     parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile candidate")
+    parser.add_argument("--layers", action="store_true", help="also time the network's layers (a profile)")
     args = parser.parse_args()
     device = setup(args)
     x = torch.randn(args.batch, 3, 300, 300, device=device)
@@ -145,6 +182,11 @@ def main() -> None:
     for name, stats in results.items():
         print(f"  {name:<28}{stats['gflops']:8.1f} GFLOP/s = {100 * stats['fraction_of_gemm_ceiling']:5.1f}% of the best GEMM "
               f"({100 * stats['fraction_of_torch_mm']:.0f}% of torch.mm)")  # fmt: skip
+    if args.layers:
+        print("layers of InferenceModel's network (module hooks):")
+        for key, stats in layer_profile(network.model, x.contiguous(memory_format=torch.channels_last)).items():
+            rate = f"{stats['gflops']:7.0f} GFLOP/s" if "gflops" in stats else ""
+            print(f"  {key:<26}{stats['ms']:8.2f} ms {rate}")
 
 
 if __name__ == "__main__":
