@@ -119,7 +119,7 @@ class Detect:
         )
         pending = torch.ones(batch_size, dtype=torch.bool, device=boxes.device)
         kept_parts: list[Tensor] = []
-        prefix = 4 * self.keep_top_k
+        prefix = 4 * self.keep_top_k  # then x4 per round: enough for one round unless NMS removes most boxes
         while True:
             take = ((rank < prefix) & pending[image_idx]).nonzero().squeeze(1)
             kept = take[batched_nms(boxes[take], scores[take], group[take], self.nms_thresh)]
