@@ -299,7 +299,6 @@ class InferenceModel:
     def __init__(self, model: SSD, amp: bool = False) -> None:
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.priors = model.priors
-        self.num_classes = model.num_classes
         self.device = model.priors.device
         self.amp_dtype = mixed_precision_dtype(self.device) if amp else None
 
