@@ -288,19 +288,27 @@ class InferenceModel:
 
     The network runs channels_last under ``torch.inference_mode``. ``amp=True`` runs it under autocast,
     float16 on a GPU and bfloat16 on a CPU (fast where the CPU has bfloat16 instructions, such as AVX512_BF16
-    or AMX); the outputs are float32 either way. (torch.compile was measured too, with freezing: no gain on
-    the CPU, python benchmarks/bench_forward.py.)
+    or AMX); the outputs are float32 either way. ``cuda_graph=True`` (on a GPU; ignored on a CPU) records the
+    forward once per input shape as a CUDA graph and replays it: at batch 1 a GPU runs SSD300's kernels faster
+    than Python launches them, and the replay halves the forward's time on an H200 (README, Performance). The
+    graph reads the model's parameters where they lie, so in-place changes to them (an optimizer step,
+    ``load_state_dict``) are seen; moving the model to another device is not. (torch.compile was measured too:
+    python benchmarks/bench_forward.py.)
 
     Args:
         model: the SSD; it is put in eval mode and channels_last memory format.
         amp: use mixed precision.
+        cuda_graph: replay CUDA graphs on a GPU; each input shape keeps its own graph and its buffers.
     """
 
-    def __init__(self, model: SSD, amp: bool = False) -> None:
+    def __init__(self, model: SSD, amp: bool = False, cuda_graph: bool = False) -> None:
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.priors = model.priors
         self.device = model.priors.device
         self.amp_dtype = mixed_precision_dtype(self.device) if amp else None
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        # (shape, dtype) -> (graph, its input buffer, its output buffers)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]] = {}
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -313,9 +321,35 @@ class InferenceModel:
             loc_preds (Tensor[B, P, 4]) and conf_preds (Tensor[B, P, C]), float32, as :meth:`SSD.forward`.
         """
         images = images.to(self.device).contiguous(memory_format=torch.channels_last)
+        if not self.cuda_graph:
+            return self._forward(images)
+        key = (tuple(images.shape), images.dtype)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(images)
+        graph, static_input, (loc, conf) = self._graphs[key]
+        static_input.copy_(images)
+        graph.replay()
+        return loc.clone(), conf.clone()  # the buffers are overwritten by the next replay
+
+    def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             loc, conf = self.model(images)
         return loc.float(), conf.float()
+
+    def _capture(self, images: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]:
+        """Record one forward at ``images``' shape, after warm-up runs on a side stream (which also let cuDNN's
+        autotuner choose its algorithms outside the capture), as ``torch.cuda.graph`` requires."""
+        static_input = images.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(static_input)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self._forward(static_input)
+        return graph, static_input, outputs
 
 
 def mixed_precision_dtype(device: torch.device) -> torch.dtype:

@@ -82,11 +82,12 @@ def test_pad_targets_shapes_and_padding() -> None:
     assert boxes[1].tolist() == [[0.0, 0.0, 1.0, 1.0]] * 3
 
 
-def test_batched_match_equals_per_image_loop(priors: torch.Tensor) -> None:
+def test_batched_match_equals_per_image_loop(priors: torch.Tensor, device: torch.device) -> None:
     g = torch.Generator().manual_seed(3)
     for sizes in ([3, 0, 7, 1], [12, 5], [0, 0, 2]):
         targets = random_targets(sizes, g)
-        loc_t, conf_t = match(*pad_targets(targets), priors)
+        loc_t, conf_t = match(*pad_targets([t.to(device) for t in targets]), priors.to(device))
+        loc_t, conf_t = loc_t.cpu(), conf_t.cpu()
         for i, target in enumerate(targets):
             ref_loc, ref_conf = plain_match(target, priors)
             assert torch.equal(conf_t[i], ref_conf)

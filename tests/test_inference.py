@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from data.config import SHAPES_CLASSES
+from inference import SpeedLog
 from ssd import model_config_to_dict
 from tests.fixtures import oracle_ssd
 from utils.visualization import class_color, draw_detections, make_grid, summarize
@@ -50,7 +51,7 @@ def test_single_image_is_drawn_at_original_resolution(weights: Path, tmp_path: P
     )
     assert result.returncode == 0, result.stderr
     assert f"{tmp_path / 'scene.png'}: 1 square" in result.stdout
-    assert "speed per image:" in result.stdout and "ms network" in result.stdout
+    assert "speed per image" in result.stdout and "ms network" in result.stdout
     out = cv2.imread(str(tmp_path / "runs" / "exp1" / "scene.png"))
     assert out.shape == (height, width, 3)
     x0, y0, x1, y1 = BOX[0] * width, BOX[1] * height, BOX[2] * width, BOX[3] * height
@@ -193,3 +194,19 @@ def test_torchscript_export(weights: Path, tmp_path: Path) -> None:
     assert json.loads(extra["class_names"]) == list(SHAPES_CLASSES) and extra["outputs"] == b"boxes,scores"
     best = scores[0, :, 1:].max(dim=-1).values.argmax()
     torch.testing.assert_close(boxes[0, best], torch.tensor(BOX), atol=1e-4, rtol=0)
+
+
+def test_speed_log_keeps_the_first_batch_of_each_size_apart() -> None:
+    speed = SpeedLog()
+    assert speed.timer_for(4) is speed.startup  # start-up: autotuning, graph capture
+    speed.startup.network, speed.startup.images = 400.0, 4
+    assert "start-up included" in speed.line() and "100.0 ms network" in speed.line()
+    for size in (4, 4, 2, 2):
+        timer = speed.timer_for(size)
+        timer.network += 2.0 * size
+        timer.images += size
+    assert speed.startup.images == 4 + 2 and speed.steady.images == 4 + 4 + 2  # the first 2-image batch: start-up
+    assert speed.line() == (
+        "speed per image: 0.0 ms preprocess, 2.0 ms network, 0.0 ms Detect (10 images); "
+        "the first batch of each size is not counted"
+    )

@@ -25,25 +25,27 @@ def random_predictions(batch: int, num_priors: int, seed: int) -> tuple[torch.Te
 
 
 @pytest.mark.parametrize(("sizes", "seed"), [([2, 5, 1, 9], 0), ([0, 3], 1), ([1], 2), ([6, 0, 0, 4, 2], 3)])
-def test_batched_loss_equals_per_image_loop(priors: torch.Tensor, sizes: list[int], seed: int) -> None:
+def test_batched_loss_equals_per_image_loop(
+    priors: torch.Tensor, sizes: list[int], seed: int, device: torch.device
+) -> None:
     loc, conf = random_predictions(len(sizes), priors.shape[0], seed)
     targets = random_targets(sizes, torch.Generator().manual_seed(seed + 100))
     criterion = MultiBoxLoss(NUM_CLASSES)
-    loss_l, loss_c = criterion(loc, conf, priors, targets)
+    loss_l, loss_c = criterion(loc.to(device), conf.to(device), priors.to(device), [t.to(device) for t in targets])
     ref_l, ref_c = plain_multibox_loss(loc, conf, priors, targets)
-    torch.testing.assert_close(loss_l, ref_l, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(loss_c, ref_c, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_l.cpu(), ref_l, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_c.cpu(), ref_c, rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_match_the_loop(priors: torch.Tensor) -> None:
+def test_gradients_match_the_loop(priors: torch.Tensor, device: torch.device) -> None:
     loc, conf = random_predictions(2, priors.shape[0], 7)
     targets = random_targets([3, 1], torch.Generator().manual_seed(8))
     grads = []
-    for loss_fn in (MultiBoxLoss(NUM_CLASSES), plain_multibox_loss):
-        loc_in, conf_in = loc.clone().requires_grad_(), conf.clone().requires_grad_()
-        loss_l, loss_c = loss_fn(loc_in, conf_in, priors, targets)
+    for loss_fn, on in ((MultiBoxLoss(NUM_CLASSES), device), (plain_multibox_loss, torch.device("cpu"))):
+        loc_in, conf_in = loc.to(on).requires_grad_(), conf.to(on).requires_grad_()
+        loss_l, loss_c = loss_fn(loc_in, conf_in, priors.to(on), [t.to(on) for t in targets])
         (loss_l + loss_c).backward()
-        grads.append((loc_in.grad, conf_in.grad))
+        grads.append((loc_in.grad.cpu(), conf_in.grad.cpu()))
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])
 

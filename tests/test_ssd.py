@@ -1,5 +1,7 @@
 """The network: ssd.pytorch's state_dict layout and outputs, SSD512, variants, forward/backward."""
 
+import copy
+
 import pytest
 import torch
 
@@ -120,24 +122,49 @@ def narrow() -> SSD:
     return build_ssd(300, 5, width=0.125, batch_norm=True).eval()
 
 
-def test_inference_model_gives_the_network_outputs(narrow: SSD) -> None:
+def test_inference_model_gives_the_network_outputs(narrow: SSD, device: torch.device) -> None:
     images = torch.randn(3, 3, 300, 300)
     with torch.no_grad():
         expected = narrow(images)
-    loc, conf = InferenceModel(narrow)(images)
+    loc, conf = InferenceModel(copy.deepcopy(narrow).to(device))(images)  # images on the CPU: it moves them
     assert not torch.is_inference_mode_enabled() and loc.is_inference()
-    torch.testing.assert_close(loc, expected[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(conf, expected[1], atol=1e-5, rtol=1e-4)
+    assert loc.device.type == conf.device.type == device.type
+    if device.type == "cpu":
+        torch.testing.assert_close(loc, expected[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(conf, expected[1], atol=1e-5, rtol=1e-4)
+    for got, want in zip((loc, conf), expected, strict=True):  # cuDNN convolves float32 in TF32 (10-bit mantissa)
+        assert (got.cpu() - want).norm() <= 3e-3 * want.norm()
 
 
-def test_mixed_precision_inference_gives_float32_close_to_the_network(narrow: SSD) -> None:
+def test_mixed_precision_inference_gives_float32_close_to_the_network(narrow: SSD, device: torch.device) -> None:
     images = torch.randn(2, 3, 300, 300)
     with torch.no_grad():
         expected = narrow(images)
-    network = InferenceModel(narrow, amp=True)
-    assert network.amp_dtype == torch.bfloat16  # on a CPU
-    loc, conf = network(images)
+    network = InferenceModel(copy.deepcopy(narrow).to(device), amp=True)
+    assert network.amp_dtype == (torch.bfloat16 if device.type == "cpu" else torch.float16)
+    loc, conf = (output.cpu() for output in network(images))
     assert loc.dtype == conf.dtype == torch.float32
     assert not torch.equal(conf, expected[1])  # it did run in bfloat16 (8 significant bits)
     for got, want in zip((loc, conf), expected, strict=True):
         assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_cuda_graph_replays_give_the_eager_outputs(narrow: SSD, device: torch.device, amp: bool) -> None:
+    model = copy.deepcopy(narrow).to(device)
+    eager, graphed = InferenceModel(model, amp), InferenceModel(model, amp, cuda_graph=True)
+    assert graphed.cuda_graph == (device.type == "cuda")  # a CPU runs eagerly
+    first, second, single = torch.randn(2, 3, 300, 300), torch.randn(2, 3, 300, 300), torch.randn(1, 3, 300, 300)
+    out_first = graphed(first)
+    out_second = graphed(second)  # replays the graph recorded for this shape on new inputs
+    out_single = graphed(single)  # another shape: another graph
+    for images, outputs in ((first, out_first), (second, out_second), (single, out_single)):
+        for got, want in zip(outputs, eager(images), strict=True):
+            assert got.shape == want.shape and got.dtype == torch.float32
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert len(graphed._graphs) == (2 if device.type == "cuda" else 0)
+    # An optimizer step changes the parameters in place: the next replay sees it.
+    with torch.no_grad():
+        model.conf[0].bias.add_(1.0)
+    torch.testing.assert_close(graphed(first)[1], eager(first)[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(graphed(first)[1], out_first[1])
