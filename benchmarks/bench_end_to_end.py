@@ -36,7 +36,7 @@ def main() -> None:
     model = build_ssd(300, 21).to(device).eval()
     plain = build_ssd(300, 21).to(device).eval()
     plain.load_state_dict(model.state_dict())
-    network = InferenceModel(model)  # as inference.py runs it
+    network = InferenceModel(model, cuda_graph=True)  # as inference.py runs it (graphs on a GPU only)
     transform, detect = BaseTransform(300), Detect(21)
 
     def ours() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
         "Detect alone": lambda: detect(*outputs, model.priors),  # its share of "SSD + Detect"
     }
     if args.amp:
-        mixed = InferenceModel(model, amp=True)
+        mixed = InferenceModel(model, amp=True, cuda_graph=True)
 
         def ours_amp() -> None:
             batch = torch.from_numpy(np.stack([transform(image)[0] for image in images]))

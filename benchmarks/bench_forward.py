@@ -2,7 +2,8 @@
 
 Candidates, SSD300 fp32 at --batch: this project's SSD as eval.py and inference.py run it (ssd.InferenceModel:
 channels_last, inference_mode; with --amp also in mixed precision; also through torch.compile with freezing,
-its compilation timed apart), the same network plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head
+its compilation timed apart; on a GPU also replayed as CUDA graphs, as inference.py runs it there, and with
+cuDNN's heuristics instead of its autotuner), the same network plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head
 (weights=None; the baseline), and onnxruntime on the exported graph when onnxruntime is installed. Like the
 scripts, the process keeps freed memory (utils.cli.keep_freed_memory), which speeds up every candidate. The ceiling is the best of torch.mm's GFLOP/s with the
 same threads and two convolutions that the convolution library runs as GEMMs (see gemm_candidates); the
@@ -26,7 +27,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup, without_cudnn_autotuner  # noqa: E402
 from ssd import InferenceModel, build_ssd  # noqa: E402
 
 
@@ -152,6 +153,13 @@ def main() -> None:
     if args.amp:
         mixed = InferenceModel(ours, amp=True)
         candidates[f"InferenceModel, amp ({str(mixed.amp_dtype).split('.')[1]})"] = lambda: mixed(x)
+    if device.type == "cuda":
+        candidates["InferenceModel, cudnn.benchmark off"] = without_cudnn_autotuner(lambda: network(x))
+        graphed = InferenceModel(ours, cuda_graph=True)  # as inference.py runs it on a GPU
+        candidates["InferenceModel, CUDA graph"] = lambda: graphed(x)
+        if args.amp:
+            graphed_amp = InferenceModel(ours, amp=True, cuda_graph=True)
+            candidates["InferenceModel, amp, CUDA graph"] = lambda: graphed_amp(x)
     if not args.no_onnx and device.type == "cpu":
         try:
             from utils.export import OnnxRunner, export_onnx

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from benchmarks.bench_loss import loop_matching_loss  # noqa: E402
-from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup, without_cudnn_autotuner  # noqa: E402
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
 from ssd import build_ssd, mixed_precision_dtype  # noqa: E402
 
@@ -69,6 +69,9 @@ def main() -> None:
     candidates = {"plain eager step": make(False), "train.py step": make(True)}
     if args.amp:
         candidates["train.py step, --amp"] = make(True, amp=True)
+    if device.type == "cuda":
+        tuned = candidates["train.py step, --amp" if args.amp else "train.py step"]
+        candidates["same, cudnn.benchmark off"] = without_cudnn_autotuner(tuned)
     results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
     suffix = f"w{args.width:g}{'_bn' if args.batch_norm else ''}"
     report(f"train_step_b{args.batch}_{suffix}", results, "plain eager step", args, device, per_call_items=args.batch)

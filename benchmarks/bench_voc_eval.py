@@ -109,7 +109,7 @@ def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=4952)
     parser.add_argument("--dets", type=int, default=200)
-    parser.set_defaults(rounds=3, warmup=0)
+    parser.set_defaults(rounds=3, warmup=0, number=1)
     args = parser.parse_args()
     device = setup(args)
     data = synthetic_set(args.images, 20, args.dets)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from utils.cli import keep_freed_memory
+from utils.cli import configure_torch
 
 
 def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser:
@@ -31,13 +32,14 @@ def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser
                         help="also measure mixed precision: float16 autocast on CUDA; bfloat16 for inference on a CPU")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds per candidate")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds per candidate")
-    parser.add_argument("--number", type=int, default=1, help="calls per round")
+    parser.add_argument("--number", type=int, default=None,
+                        help="calls per round (default: enough to fill 50 ms, counted from the last warm-up round)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default: runs/bench/<name>.json)")
     return parser
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    keep_freed_memory()  # as the scripts run (utils/cli.py), for every candidate alike
+    configure_torch()  # as the scripts run (utils/cli.py), for every candidate alike
     if args.threads:
         torch.set_num_threads(args.threads)
         import cv2
@@ -53,27 +55,58 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def without_cudnn_autotuner(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with cuDNN's heuristic algorithm choice instead of its autotuner's (utils.cli.configure_torch
+    turns the autotuner on): what ``cudnn.benchmark`` is worth."""
+
+    def call() -> Any:
+        torch.backends.cudnn.benchmark = False
+        try:
+            return fn()
+        finally:
+            torch.backends.cudnn.benchmark = True
+
+    return call
+
+
 def measure(
     candidates: dict[str, Callable[[], Any]],
     rounds: int,
     warmup: int,
-    number: int = 1,
+    number: int | None = 1,
     device: torch.device | None = None,
+    min_round_s: float = 0.05,
 ) -> dict[str, dict[str, float]]:
-    """Time each candidate ``rounds`` times, interleaved; seconds per call: median, min, max."""
+    """Time each candidate ``rounds`` times, interleaved; seconds per call: median, min, max.
+
+    A round makes ``number`` calls back to back (on a GPU they queue up, so a round measures throughput). With
+    ``number=None`` each candidate makes as many as fill ``min_round_s``, counted from its last warm-up round
+    (then at least one warm-up round runs): a 2 ms call timed alone is mostly timer and launch noise.
+    """
     device = device or torch.device("cpu")
+    warmup = max(warmup, 1) if number is None else warmup
+    calls = dict.fromkeys(candidates, number or 1)
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for r in range(warmup + rounds):
         for name, fn in candidates.items():
             synchronize(device)
             start = time.perf_counter()
-            for _ in range(number):
+            for _ in range(calls[name]):
                 fn()
             synchronize(device)
+            per_call = (time.perf_counter() - start) / calls[name]
             if r >= warmup:
-                times[name].append((time.perf_counter() - start) / number)
+                times[name].append(per_call)
+            elif number is None and r == warmup - 1:
+                calls[name] = max(1, math.ceil(min_round_s / per_call))
     return {
-        name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "rounds": len(ts)}
+        name: {
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "max_s": max(ts),
+            "rounds": len(ts),
+            "calls_per_round": calls[name],
+        }
         for name, ts in times.items()
     }
 

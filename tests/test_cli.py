@@ -34,3 +34,20 @@ def test_freed_activations_are_reused_without_page_faults() -> None:
     # By default glibc returns each multi-MiB activation to the OS and faults fresh pages in for the next.
     assert page_faults(keep=False) > 1000
     assert page_faults(keep=True) < 50
+
+
+def test_scripts_turn_on_cudnn_autotuning() -> None:
+    import argparse
+
+    import torch
+
+    from utils.cli import run_cli
+
+    seen = []
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        assert run_cli(lambda _: seen.append(torch.backends.cudnn.benchmark), argparse.ArgumentParser(), []) == 0
+    finally:
+        torch.backends.cudnn.benchmark = before
+    assert seen == [True]
