@@ -7,6 +7,7 @@ for CPU runs.
 
     python benchmarks/bench_train_step.py --batch 8
     python benchmarks/bench_train_step.py --batch 8 --width 0.125 --batch_norm
+    python benchmarks/bench_train_step.py --batch 8 --profile     # where the step's time goes
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from benchmarks.bench_loss import loop_matching_loss  # noqa: E402
-from benchmarks.common import get_args_parser, measure, report, setup, without_cudnn_autotuner  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    get_args_parser,
+    measure,
+    report,
+    setup,
+    synchronize,
+    without_cudnn_autotuner,
+)
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
 from ssd import build_ssd, mixed_precision_dtype  # noqa: E402
 
@@ -29,6 +37,8 @@ def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0], batch=8)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch_norm", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one train.py step after the rounds (torch.profiler, top operators)")  # fmt: skip
     parser.set_defaults(rounds=3, warmup=3)  # the allocator reaches its peak footprint in ~3 steps
     args = parser.parse_args()
     device = setup(args)
@@ -75,6 +85,15 @@ def main() -> None:
     results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
     suffix = f"w{args.width:g}{'_bn' if args.batch_norm else ''}"
     report(f"train_step_b{args.batch}_{suffix}", results, "plain eager step", args, device, per_call_items=args.batch)
+    if args.profile:  # where the step's time goes; the rounds above have warmed the allocator up
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            candidates["train.py step"]()
+            synchronize(device)
+        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=40))
 
 
 if __name__ == "__main__":

@@ -50,3 +50,13 @@ def test_measure_fills_each_round_from_the_last_warmup() -> None:
     for name, stats in results.items():
         assert counts[name] == 1 + 3 * stats["calls_per_round"] and stats["rounds"] == 3
     assert measure({"fast": fast}, rounds=2, warmup=0, number=4)["fast"]["calls_per_round"] == 4
+
+
+def test_train_step_benchmark_profiles_the_step(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    args = ["--batch", "2", "--width", "0.125", "--batch_norm", "--profile", *QUICK, "--out", str(out)]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), *args],
+                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads(out.read_text())["results"]) == {"plain eager step", "train.py step"}
+    assert "convolution_backward" in result.stdout and "Self CPU" in result.stdout  # the profiler's table
