@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Three forwards of a narrow SSD300 after two warm-ups; prints the page faults they caused.
+# Three forwards of a narrow SSD300 after five warm-ups; prints the page faults they caused.
 PROGRAM = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
@@ -15,8 +15,8 @@ from utils.cli import keep_freed_memory
 if {keep}:
     assert keep_freed_memory()
 network, images = InferenceModel(build_ssd(300, 5, width=0.125)), torch.randn(4, 3, 300, 300)
-network(images)
-network(images)  # the heap reaches its steady state
+for _ in range(5):  # the heap reaches its steady state (by the 3rd or 4th forward, by the fragmentation)
+    network(images)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     network(images)
