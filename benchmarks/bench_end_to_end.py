@@ -11,6 +11,7 @@ pipeline does the NMS work of an untrained model (many candidates): an upper bou
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -39,15 +40,15 @@ def main() -> None:
     network = InferenceModel(model, cuda_graph=True)  # as inference.py runs it (graphs on a GPU only)
     transform, detect = BaseTransform(300), Detect(21)
 
-    def ours() -> None:
-        batch = torch.from_numpy(np.stack([transform(image)[0] for image in images]))
-        loc, conf = network(batch)
-        detect(loc, conf, network.priors)
+    def preprocess() -> torch.Tensor:  # [B, 3, 300, 300], as inference.py's Predictor
+        return torch.from_numpy(np.stack([transform(image)[0] for image in images]))
+
+    def pipeline(net: InferenceModel) -> Callable[[], None]:
+        return lambda: detect(*net(preprocess()), net.priors)
 
     def plain_pipeline() -> None:
-        batch = torch.from_numpy(np.stack([transform(image)[0] for image in images])).to(device)
         with torch.no_grad():
-            loc, conf = plain(batch)
+            loc, conf = plain(preprocess().to(device))
             loop_detect(loc, conf, plain.priors)
 
     from torchvision.models.detection import ssd300_vgg16
@@ -61,22 +62,16 @@ def main() -> None:
         with torch.no_grad():
             tv(tensors)
 
-    outputs = network(torch.from_numpy(np.stack([transform(image)[0] for image in images])))
+    outputs = network(preprocess())
 
     candidates = {
         "torchvision ssd300_vgg16": torchvision_pipeline,
         "plain eager + loop NMS": plain_pipeline,
-        "SSD + Detect": ours,
+        "SSD + Detect": pipeline(network),
         "Detect alone": lambda: detect(*outputs, model.priors),  # its share of "SSD + Detect"
     }
     if args.amp:
-        mixed = InferenceModel(model, amp=True, cuda_graph=True)
-
-        def ours_amp() -> None:
-            batch = torch.from_numpy(np.stack([transform(image)[0] for image in images]))
-            detect(*mixed(batch), mixed.priors)
-
-        candidates["SSD + Detect, amp"] = ours_amp
+        candidates["SSD + Detect, amp"] = pipeline(InferenceModel(model, amp=True, cuda_graph=True))
     results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
     plain_ratio = results["plain eager + loop NMS"]["median_s"] / results["SSD + Detect"]["median_s"]
     detect_share = results["Detect alone"]["median_s"] / results["SSD + Detect"]["median_s"]
