@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data.config import prior_config
 from layers.l2norm import L2Norm
-from layers.prior_box import PriorConfig, prior_boxes
+from layers.prior_box import PriorConfig, prior_boxes, prior_config
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +245,7 @@ def build_ssd(
     Args:
         size: 300 or 512.
         num_classes: C, including the background (VOC: 21, COCO: 81, Cityscapes: 9).
-        priors: a prior family name ("VOC" or "COCO", see :mod:`data.config`) or an explicit
+        priors: a prior family name (``PRIOR_FAMILIES`` in :mod:`layers.prior_box`) or an explicit
             :class:`PriorConfig`. Never inferred from ``num_classes``.
         width: channel multiplier; 1.0 is the paper's network.
         batch_norm: BatchNorm after every base/extra convolution.

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
-from data.config import prior_config  # noqa: E402
+from layers.prior_box import prior_config  # noqa: E402
 from layers.box_utils import decode  # noqa: E402
 from layers.detection import Detect  # noqa: E402
 from layers.prior_box import prior_boxes  # noqa: E402

@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
 from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
-from data.config import prior_config  # noqa: E402
+from layers.prior_box import prior_config  # noqa: E402
 from layers.box_utils import cxcywh_to_xyxy, encode  # noqa: E402
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
 from layers.prior_box import prior_boxes  # noqa: E402

@@ -88,3 +88,56 @@ def prior_boxes(config: PriorConfig) -> Tensor:
     if config.clip:
         priors.clamp_(min=0.0, max=1.0)
     return priors
+
+
+_ASPECT_300 = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+_ASPECT_512 = ((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))
+
+# SSD300 sizes are ssd.pytorch's data/config.py; SSD512 sizes are Caffe SSD's ssd_pascal_512.py
+# (min_ratio 15, max_ratio 90) and ssd_coco_512.py (min_ratio 10), as in the paper's released models.
+PRIOR_CONFIGS: dict[tuple[str, int], PriorConfig] = {
+    ("VOC", 300): PriorConfig(
+        image_size=300,
+        feature_maps=(38, 19, 10, 5, 3, 1),
+        steps=(8, 16, 32, 64, 100, 300),
+        min_sizes=(30, 60, 111, 162, 213, 264),
+        max_sizes=(60, 111, 162, 213, 264, 315),
+        aspect_ratios=_ASPECT_300,
+    ),
+    ("COCO", 300): PriorConfig(
+        image_size=300,
+        feature_maps=(38, 19, 10, 5, 3, 1),
+        steps=(8, 16, 32, 64, 100, 300),
+        min_sizes=(21, 45, 99, 153, 207, 261),
+        max_sizes=(45, 99, 153, 207, 261, 315),
+        aspect_ratios=_ASPECT_300,
+    ),
+    ("VOC", 512): PriorConfig(
+        image_size=512,
+        feature_maps=(64, 32, 16, 8, 4, 2, 1),
+        steps=(8, 16, 32, 64, 128, 256, 512),
+        min_sizes=(35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8),
+        max_sizes=(76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6),
+        aspect_ratios=_ASPECT_512,
+    ),
+    ("COCO", 512): PriorConfig(
+        image_size=512,
+        feature_maps=(64, 32, 16, 8, 4, 2, 1),
+        steps=(8, 16, 32, 64, 128, 256, 512),
+        min_sizes=(20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8),
+        max_sizes=(51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72),
+        aspect_ratios=_ASPECT_512,
+    ),
+}
+PRIOR_FAMILIES = tuple(sorted({family for family, _ in PRIOR_CONFIGS}))
+
+
+def prior_config(family: str, size: int) -> PriorConfig:
+    """The prior layout of ``family`` ("VOC" or "COCO") for an SSD of input ``size`` (300 or 512)."""
+    key = (family.upper(), size)
+    if key not in PRIOR_CONFIGS:
+        raise ValueError(
+            f"no prior preset for family {family!r} at size {size}; choose a family from {PRIOR_FAMILIES} "
+            f"and a size from (300, 512)"
+        )
+    return PRIOR_CONFIGS[key]

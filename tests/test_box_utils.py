@@ -4,7 +4,6 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from data.config import prior_config
 from layers.box_utils import (
     cxcywh_to_xyxy,
     decode,
@@ -14,7 +13,7 @@ from layers.box_utils import (
     pad_targets,
     xyxy_to_cxcywh,
 )
-from layers.prior_box import prior_boxes
+from layers.prior_box import prior_boxes, prior_config
 from tests.reference import plain_iou, plain_match
 
 

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from data.config import prior_config
 from layers.detection import Detect
-from layers.prior_box import prior_boxes
+from layers.prior_box import prior_boxes, prior_config
 from tests.reference import plain_detect
 
 

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from data.config import prior_config
 from layers.multibox_loss import MultiBoxLoss
-from layers.prior_box import prior_boxes
+from layers.prior_box import prior_boxes, prior_config
 from tests.reference import plain_multibox_loss
 from tests.test_box_utils import random_targets
 

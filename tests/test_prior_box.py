@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from data.config import PRIOR_CONFIGS, prior_config
-from layers.prior_box import PriorConfig, prior_boxes
+from layers.prior_box import PRIOR_CONFIGS, PriorConfig, prior_boxes, prior_config
 
 
 def loop_priors(cfg: PriorConfig) -> torch.Tensor:

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from data.config import prior_config
 from layers.multibox_loss import MultiBoxLoss
+from layers.prior_box import prior_config
 from ssd import SSD, InferenceModel, ModelConfig, build_ssd
 from tests.reference import random_state, ssd_pytorch_forward, ssd_pytorch_shapes
 
