@@ -26,11 +26,12 @@ from data.base import DetectionDataset, detection_collate
 from data.build import build_dataset
 from data.config import get_preset
 from layers.detection import Detect
-from ssd import SSD, InferenceModel
+from ssd import SSD
 from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform
 from utils.cli import run_cli
 from utils.plots import plot_pr_curves
 from utils.runs import increment_run_dir, select_device
+from utils.runtime import InferenceModel
 from utils.voc_eval import DEVKIT, SSD_PYTORCH, IoUConvention, eval_detection_voc
 from utils.weights import load_detector
 
@@ -98,7 +99,7 @@ def evaluate(
         detect: post-processing; Caffe SSD's test settings by default.
         metric: ``voc07`` (11-point), ``voc12`` (area) or ``coco`` (needs a COCO dataset).
         convention: IoU convention of the VOC metrics (:data:`DEVKIT` or :data:`SSD_PYTORCH`).
-        amp: run the network in mixed precision (see :class:`ssd.InferenceModel`).
+        amp: run the network in mixed precision (see :class:`utils.runtime.InferenceModel`).
 
     Returns:
         ``{"metric", "map", "ap": {class: AP}, "missing_classes", "num_images", "num_detections",

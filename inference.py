@@ -30,10 +30,10 @@ import torch
 from data.build import build_dataset
 from data.config import get_preset
 from layers.detection import Detect
-from ssd import InferenceModel
 from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform
 from utils.cli import run_cli
 from utils.runs import increment_run_dir, select_device
+from utils.runtime import InferenceModel
 from utils.visualization import draw_detections, summarize
 from utils.weights import load_detector
 

@@ -10,7 +10,6 @@ training targets in :class:`layers.multibox_loss.MultiBoxLoss`.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,8 +18,6 @@ from torch import Tensor, nn
 
 from layers.l2norm import L2Norm
 from layers.prior_box import PriorConfig, prior_boxes, prior_config
-
-logger = logging.getLogger(__name__)
 
 # VGG-16 up to conv5_3: channel counts, "M" a 2x2 max-pool, "C" the same with ceil_mode so that
 # 75 -> 38 at SSD300 (SSD §2.1 keeps conv4_3 at 38x38).
@@ -280,83 +277,3 @@ def model_config_from_dict(data: dict) -> ModelConfig:
         width=float(data.get("width", 1.0)),
         batch_norm=bool(data.get("batch_norm", False)),
     )
-
-
-class InferenceModel:
-    """An SSD prepared for fast inference: ``network(images) -> (loc_preds, conf_preds)``.
-
-    The network runs channels_last under ``torch.inference_mode``. ``amp=True`` runs it under autocast,
-    float16 on a GPU and bfloat16 on a CPU (fast where the CPU has bfloat16 instructions, such as AVX512_BF16
-    or AMX); the outputs are float32 either way. ``cuda_graph=True`` (on a GPU; ignored on a CPU) records the
-    forward once per input shape as a CUDA graph and replays it: at batch 1 a GPU runs SSD300's kernels faster
-    than Python launches them, and the replay cuts the forward from 1.73 to 0.95 ms on an H200 (README). The
-    graph reads the model's parameters where they lie, so in-place changes to them (an optimizer step,
-    ``load_state_dict``) are seen; moving the model to another device is not. (torch.compile was measured too:
-    python benchmarks/bench_forward.py.)
-
-    Args:
-        model: the SSD; it is put in eval mode and channels_last memory format.
-        amp: use mixed precision.
-        cuda_graph: replay CUDA graphs on a GPU; each input shape keeps its own graph and its buffers.
-    """
-
-    def __init__(self, model: SSD, amp: bool = False, cuda_graph: bool = False) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
-        self.priors = model.priors
-        self.device = model.priors.device
-        self.amp_dtype = mixed_precision_dtype(self.device) if amp else None
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        # (shape, dtype) -> (graph, its input buffer, its output buffers)
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]] = {}
-
-    @torch.inference_mode()
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the network.
-
-        Args:
-            images (Tensor[B, 3, size, size]): the preprocessed batch, on any device.
-
-        Returns:
-            loc_preds (Tensor[B, P, 4]) and conf_preds (Tensor[B, P, C]), float32, as :meth:`SSD.forward`.
-        """
-        images = images.to(self.device).contiguous(memory_format=torch.channels_last)
-        if not self.cuda_graph:
-            return self._forward(images)
-        key = (tuple(images.shape), images.dtype)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(images)
-        graph, static_input, (loc, conf) = self._graphs[key]
-        static_input.copy_(images)
-        graph.replay()
-        return loc.clone(), conf.clone()  # the buffers are overwritten by the next replay
-
-    def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loc, conf = self.model(images)
-        return loc.float(), conf.float()
-
-    def _capture(self, images: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]:
-        """Record one forward at ``images``' shape, after warm-up runs on a side stream (which also let cuDNN's
-        autotuner choose its algorithms outside the capture), as ``torch.cuda.graph`` requires."""
-        static_input = images.clone()
-        with torch.cuda.device(self.device):  # the capture stream is the current device's
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(static_input)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outputs = self._forward(static_input)
-        return graph, static_input, outputs
-
-
-def mixed_precision_dtype(device: torch.device) -> torch.dtype:
-    """The autocast dtype for ``device``: float16 on a GPU, bfloat16 elsewhere (a CPU runs it fast only with
-    bfloat16 instructions such as AVX512_BF16 or AMX; without them this warns)."""
-    if device.type == "cuda":
-        return torch.float16
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        logger.warning("this CPU has no bfloat16 instructions: mixed precision will be slower than float32")
-    return torch.bfloat16

@@ -31,7 +31,7 @@ from data.sampler import EpochSampler
 from eval import evaluate
 from layers.detection import Detect
 from layers.multibox_loss import MultiBoxLoss
-from ssd import SSD, build_ssd, mixed_precision_dtype, model_config_from_dict, model_config_to_dict
+from ssd import SSD, build_ssd, model_config_from_dict, model_config_to_dict
 from utils.augmentations import (
     CAFFE_MEAN_BGR,
     TORCHVISION_MEAN_BGR,
@@ -43,6 +43,7 @@ from utils.cli import run_cli
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from utils.plots import plot_training
 from utils.runs import increment_run_dir, select_device
+from utils.runtime import mixed_precision_dtype
 from utils.schedule import Schedule, paper_voc_epochs
 from utils.weights import atomic_save, load_base_weights, load_model_weights, read_checkpoint
 
@@ -376,7 +377,6 @@ class Trainer:
             return None
         result = evaluate(self.model, self.test_dataset, Detect(self.preset.num_classes), self.device,
                           self.args.eval_batch_size, self.args.num_workers, "voc07", progress=False)  # fmt: skip
-        self.model.to(memory_format=self.memory_format)  # evaluation runs channels_last; keep the training format
         return {"map": result["map"], "ap": result["ap"]}
 
     def end_epoch(self, record: dict) -> None:

@@ -23,8 +23,9 @@ import torch  # noqa: E402
 from benchmarks.bench_detect import loop_detect  # noqa: E402
 from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
 from layers.detection import Detect  # noqa: E402
-from ssd import InferenceModel, build_ssd  # noqa: E402
+from ssd import build_ssd  # noqa: E402
 from utils.augmentations import BaseTransform  # noqa: E402
+from utils.runtime import InferenceModel  # noqa: E402
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """(a) network forward, (h) onnxruntime and (i) the GEMM ceiling.
 
-Candidates, SSD300 fp32 at --batch: this project's SSD as eval.py and inference.py run it (ssd.InferenceModel:
+Candidates, SSD300 fp32 at --batch: this project's SSD as eval.py and inference.py run it (utils.runtime.InferenceModel:
 channels_last, inference_mode; with --amp also in mixed precision; also through torch.compile with freezing,
 its compilation timed apart; on a GPU also replayed as CUDA graphs, as inference.py runs it there, and with
 cuDNN's heuristics instead of its autotuner), the same network plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head
@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.common import get_args_parser, measure, report, setup, without_cudnn_autotuner  # noqa: E402
-from ssd import InferenceModel, build_ssd  # noqa: E402
+from ssd import build_ssd  # noqa: E402
+from utils.runtime import InferenceModel  # noqa: E402
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:

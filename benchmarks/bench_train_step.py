@@ -30,7 +30,8 @@ from benchmarks.common import (  # noqa: E402
     without_cudnn_autotuner,
 )
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
-from ssd import build_ssd, mixed_precision_dtype  # noqa: E402
+from ssd import build_ssd  # noqa: E402
+from utils.runtime import mixed_precision_dtype  # noqa: E402
 
 
 def main() -> None:

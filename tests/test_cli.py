@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from ssd import InferenceModel, build_ssd
+from ssd import build_ssd
+from utils.runtime import InferenceModel
 from utils.cli import keep_freed_memory
 if {keep}:
     assert keep_freed_memory()

@@ -7,8 +7,9 @@ import torch
 
 from layers.multibox_loss import MultiBoxLoss
 from layers.prior_box import prior_config
-from ssd import SSD, InferenceModel, ModelConfig, build_ssd
+from ssd import SSD, ModelConfig, build_ssd
 from tests.reference import random_state, ssd_pytorch_forward, ssd_pytorch_shapes
+from utils.runtime import InferenceModel
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +164,19 @@ def test_cuda_graph_replays_give_the_eager_outputs(narrow: SSD, device: torch.de
             assert got.shape == want.shape and got.dtype == torch.float32
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert len(graphed._graphs) == (2 if device.type == "cuda" else 0)
-    # An optimizer step changes the parameters in place: the next replay sees it.
-    with torch.no_grad():
-        model.conf[0].bias.add_(1.0)
+    # load_state_dict changes the parameters in place: the next replay sees it.
+    state = graphed.model.state_dict()
+    state["conf.0.bias"] = state["conf.0.bias"] + 1.0
+    graphed.model.load_state_dict(state)
+    eager.model.load_state_dict(state)
     torch.testing.assert_close(graphed(first)[1], eager(first)[1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(graphed(first)[1], out_first[1])
+
+
+def test_inference_model_leaves_the_callers_model_as_it_was(narrow: SSD) -> None:
+    model = copy.deepcopy(narrow).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    InferenceModel(model, amp=True)(torch.randn(1, 3, 300, 300))
+    assert model.training
+    assert all(p.is_contiguous() for p in model.parameters())  # still NCHW, not channels_last
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
