@@ -76,8 +76,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image
 
 
-def _covered(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection of boxes a and b over the area of the smaller one."""
+def _overlap_over_smaller(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over the smaller box's area, not IoU: it bounds how much of either shape is hidden.
+
+    Args:
+        a, b (ndarray[4]): pixel xyxy.
+
+    Returns:
+        float in [0, 1]; 1 when one box lies inside the other, whatever their sizes.
+    """
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
@@ -106,7 +113,7 @@ def draw_sample(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, 
                 box = np.array([cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2])
             else:
                 box = np.concatenate([polygon.min(0), polygon.max(0)])
-            if all(_covered(box, other) <= MAX_COVERED for other in boxes):
+            if all(_overlap_over_smaller(box, other) <= MAX_COVERED for other in boxes):
                 break
         else:
             continue

@@ -53,16 +53,25 @@ SSD_PYTORCH = IoUConvention(pixel_offset=0.0, detection_shift=1.0, score_decimal
 _FAR_AWAY = -1e9  # padding box corner: no detection of a real image can touch it
 
 
-def _iou_rows(dets: np.ndarray, gt_planes: np.ndarray, gt_area: np.ndarray, offset: float) -> np.ndarray:
-    """IoU of each detection [D, 4] with its candidate ground truths.
+def devkit_iou(dets: np.ndarray, gt_planes: np.ndarray, gt_area: np.ndarray, pixel_offset: float) -> np.ndarray:
+    """The devkit's IoU on inclusive pixels (+1), which the VOC metric must reproduce: not box_utils.iou's.
 
-    ``gt_planes`` [4, D, G] holds the candidates' x0, y0, x1, y1 and ``gt_area`` [D, G] their areas.
-    Returns [D, G].
+    With ``pixel_offset`` 1 a box from x0 to x1 is ``x1 - x0 + 1`` wide. Each detection is compared with its
+    own candidates, in the layout :func:`_class_curve` builds.
+
+    Args:
+        dets (ndarray[D, 4]): pixel xyxy.
+        gt_planes (ndarray[4, D, G]): the candidates' x0, y0, x1, y1 for each detection.
+        gt_area (ndarray[D, G]): their areas, with the same ``pixel_offset``.
+        pixel_offset: added to widths and heights (0: continuous IoU).
+
+    Returns:
+        ndarray[D, G].
     """
-    iw = np.minimum(gt_planes[2], dets[:, 2:3]) - np.maximum(gt_planes[0], dets[:, 0:1]) + offset
-    ih = np.minimum(gt_planes[3], dets[:, 3:4]) - np.maximum(gt_planes[1], dets[:, 1:2]) + offset
+    iw = np.minimum(gt_planes[2], dets[:, 2:3]) - np.maximum(gt_planes[0], dets[:, 0:1]) + pixel_offset
+    ih = np.minimum(gt_planes[3], dets[:, 3:4]) - np.maximum(gt_planes[1], dets[:, 1:2]) + pixel_offset
     inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-    area_det = (dets[:, 2] - dets[:, 0] + offset) * (dets[:, 3] - dets[:, 1] + offset)
+    area_det = (dets[:, 2] - dets[:, 0] + pixel_offset) * (dets[:, 3] - dets[:, 1] + pixel_offset)
     return inter / (area_det[:, None] + gt_area - inter)
 
 
@@ -84,6 +93,18 @@ def _stable_rank(keys: np.ndarray) -> np.ndarray:
     return order
 
 
+def precision_envelope(precision: np.ndarray) -> np.ndarray:
+    """Precision made monotone from the right: at each rank, the best precision at this recall or higher.
+
+    Args:
+        precision (ndarray[D]): in rank order.
+
+    Returns:
+        ndarray[D]: the curve the VOC2010+ AP integrates, and the one the PR plots draw.
+    """
+    return np.maximum.accumulate(precision[::-1])[::-1]
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True) -> float:
     """AP from a precision/recall curve (both in ranked order).
 
@@ -95,7 +116,7 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True
         return float(np.sum(points) / 11.0)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    mpre = precision_envelope(mpre)
     changes = np.where(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
 
@@ -129,7 +150,7 @@ def _class_curve(
         offset = convention.pixel_offset
         planes = np.moveaxis(gt_pad, 2, 0)[:, images]  # [4, R, G]
         area = (planes[2] - planes[0] + offset) * (planes[3] - planes[1] + offset)
-        overlaps = _iou_rows(boxes, planes, area, offset)  # [R, G]
+        overlaps = devkit_iou(boxes, planes, area, offset)  # [R, G]
         best = overlaps.argmax(axis=1)  # the first maximum, as the devkit's max()
         hit = overlaps[np.arange(len(rows)), best] > iou_thresh
         difficult = hit & gt_difficult_pad[images, best]
