@@ -1,15 +1,18 @@
-"""Figures: precision-recall curves and training curves (matplotlib, no display needed)."""
+"""Figures: precision-recall curves and training curves.
+
+matplotlib's object-oriented API: a ``Figure`` is drawn and saved without pyplot, so no backend is selected,
+no display is needed and importing this module changes no global state.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from utils.voc_eval import precision_envelope
 
 
 def plot_pr_curves(
@@ -21,12 +24,13 @@ def plot_pr_curves(
     title: str = "",
 ) -> None:
     """One figure with the precision-recall curve of every class; the legend gives each AP."""
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    fig = Figure(figsize=(8, 6), dpi=100)
+    ax = fig.subplots()
     for name, recall, precision, ap in zip(class_names, recalls, precisions, aps, strict=True):
         if np.isnan(ap):
             continue
         if len(recall):
-            envelope = np.maximum.accumulate(precision[::-1])[::-1]
+            envelope = precision_envelope(precision)
             ax.plot(
                 np.concatenate([[0], recall]),
                 np.concatenate([[envelope[0]], envelope]),
@@ -41,13 +45,13 @@ def plot_pr_curves(
     ax.legend(fontsize=7, ncol=2 if len(class_names) > 10 else 1, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_training(path: str | Path, records: Sequence[dict]) -> None:
     """``results.png``: losses, learning rate and mAP per epoch, from the epoch records of ``log.txt``."""
     epochs = [r["epoch"] for r in records]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=100)
+    fig = Figure(figsize=(14, 4), dpi=100)
+    axes = fig.subplots(1, 3)
     for key in ("loss", "loss_l", "loss_c"):
         axes[0].plot(epochs, [r[key] for r in records], marker=".", label=key)
     axes[0].set(xlabel="epoch", title="training loss")
@@ -61,4 +65,3 @@ def plot_training(path: str | Path, records: Sequence[dict]) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
