@@ -188,7 +188,7 @@ class SSD(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform convolutions with zero bias, as ssd.pytorch's train.py initialises SSD; the base
-        is usually overwritten by ImageNet weights afterwards (:func:`utils.weights.load_base_weights`)."""
+        is usually overwritten by ImageNet weights afterwards (:func:`utils.checkpoint.load_base_weights`)."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)

@@ -9,27 +9,23 @@ scripts, the process keeps freed memory (utils.cli.keep_freed_memory), which spe
 same threads and two convolutions that the convolution library runs as GEMMs (see gemm_candidates); the
 network's multiply-accumulates are counted from its convolutions.
 
-    python benchmarks/bench_forward.py --batch 1 --layers
-    python benchmarks/bench_forward.py --batch 8
+    python -m benchmarks.bench_forward --batch 1 --layers
+    python -m benchmarks.bench_forward --batch 8
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks.common import get_args_parser, measure, report, setup, without_cudnn_autotuner  # noqa: E402
-from ssd import build_ssd  # noqa: E402
-from utils.runtime import InferenceModel  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup, without_cudnn_autotuner
+from ssd import build_ssd
+from utils.runtime import InferenceModel
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -163,10 +159,12 @@ def main() -> None:
             candidates["InferenceModel, amp, CUDA graph"] = lambda: graphed_amp(x)
     if not args.no_onnx and device.type == "cpu":
         try:
-            from utils.export import OnnxRunner, export_onnx
+            from utils.checkpoint import DetectorInfo
+            from utils.export import export_onnx
+            from utils.predict import OnnxRunner
 
             path = Path(tempfile.mkdtemp()) / "ssd300.onnx"
-            export_onnx(plain, path, [str(i) for i in range(20)], {})
+            export_onnx(plain, DetectorInfo(plain.config, tuple(str(i) for i in range(20))), path)
             runner = OnnxRunner(path)
             candidates["onnxruntime"] = lambda: runner(x)
         except ValueError as error:

@@ -28,6 +28,9 @@ from torch.utils.data import Dataset
 logger = logging.getLogger(__name__)
 
 
+# Image files this project reads, in lower case (a file's suffix is compared lower-cased). cv2.imread reads them all.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 class Transform(Protocol):
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator | None = None

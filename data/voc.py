@@ -14,13 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.base import Annotation, DetectionDataset, Transform, clean_boxes
+from data.base import IMAGE_SUFFIXES, Annotation, DetectionDataset, Transform, clean_boxes
 from data.config import VOC_CLASSES
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
-
 
 class UnknownClassError(ValueError):
     """An annotation names a class outside the class list: a configuration error, never skipped."""
@@ -133,9 +130,10 @@ class VOCFormatDataset(DetectionDataset):
     @staticmethod
     def _find_image(folder: Path, image_id: str) -> Path:
         for suffix in IMAGE_SUFFIXES:
-            candidate = folder / "JPEGImages" / f"{image_id}{suffix}"
-            if candidate.is_file():
-                return candidate
+            for spelled in (suffix, suffix.upper()):
+                candidate = folder / "JPEGImages" / f"{image_id}{spelled}"
+                if candidate.is_file():
+                    return candidate
         raise FileNotFoundError(f"image {folder / 'JPEGImages' / image_id}.jpg (or .png) does not exist")
 
     def image_path(self, index: int) -> Path:

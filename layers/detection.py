@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
@@ -9,6 +11,65 @@ from torchvision.ops import batched_nms
 from layers.box_utils import DEFAULT_VARIANCES, Variances, decode
 
 Detections = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """The test-time settings of :class:`Detect`, one set per model: a checkpoint stores them
+    (``utils.checkpoint.DetectorInfo.postprocess``) and command-line flags override single fields.
+
+    The defaults are Caffe SSD's test settings (``ssd_pascal.py``: score 0.01, NMS 0.45, 400 candidates per
+    class, 200 detections per image). :data:`SSD_PYTORCH_SETTINGS` are ssd.pytorch's.
+
+    Args:
+        conf_thresh: a candidate's softmax score must be strictly above this.
+        nms_thresh: a box whose IoU with a better box of its class exceeds this is suppressed.
+        top_k: candidates per class and image that enter NMS.
+        keep_top_k: detections kept per image after NMS, across classes; ``None`` keeps all.
+    """
+
+    conf_thresh: float = 0.01
+    nms_thresh: float = 0.45
+    top_k: int = 400
+    keep_top_k: int | None = 200
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.conf_thresh < 1.0:
+            raise ValueError(f"conf_thresh must lie in [0, 1), got {self.conf_thresh}")
+        if not 0.0 <= self.nms_thresh <= 1.0:
+            raise ValueError(f"nms_thresh must lie in [0, 1], got {self.nms_thresh}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.keep_top_k is not None and self.keep_top_k < 1:
+            raise ValueError(f"keep_top_k must be at least 1 or None, got {self.keep_top_k}")
+
+    def override(
+        self,
+        conf_thresh: float | None = None,
+        nms_thresh: float | None = None,
+        top_k: int | None = None,
+        keep_top_k: int | None = None,
+    ) -> DetectSettings:
+        """These settings with the fields that are not None replaced; ``keep_top_k=0`` means keep all."""
+        given = {"conf_thresh": conf_thresh, "nms_thresh": nms_thresh, "top_k": top_k}
+        changes = {k: v for k, v in given.items() if v is not None}
+        if keep_top_k is not None:
+            changes["keep_top_k"] = keep_top_k or None
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"conf_thresh": self.conf_thresh, "nms_thresh": self.nms_thresh, "top_k": self.top_k,
+                "keep_top_k": self.keep_top_k}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DetectSettings:
+        keep = data.get("keep_top_k", cls.keep_top_k)
+        return cls(float(data.get("conf_thresh", cls.conf_thresh)), float(data.get("nms_thresh", cls.nms_thresh)),
+                   int(data.get("top_k", cls.top_k)), None if keep is None else int(keep))  # fmt: skip
+
+
+# ssd.pytorch's test settings: 200 candidates per class and no per-image cap.
+SSD_PYTORCH_SETTINGS = DetectSettings(top_k=200, keep_top_k=None)
 
 
 class Detect:
@@ -43,18 +104,18 @@ class Detect:
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must count the background and at least one class, got {num_classes}")
-        if not 0.0 <= nms_thresh <= 1.0:
-            raise ValueError(f"nms_thresh must lie in [0, 1], got {nms_thresh}")
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        if keep_top_k is not None and keep_top_k < 1:
-            raise ValueError(f"keep_top_k must be at least 1 or None, got {keep_top_k}")
         self.num_classes = num_classes
+        self.settings = DetectSettings(conf_thresh, nms_thresh, top_k, keep_top_k)  # validates them
         self.conf_thresh = conf_thresh
         self.nms_thresh = nms_thresh
         self.top_k = top_k
         self.keep_top_k = keep_top_k
         self.variances = variances
+
+    @classmethod
+    def from_settings(cls, num_classes: int, settings: DetectSettings) -> Detect:
+        """The Detect of ``settings`` for a network with ``num_classes`` outputs per prior."""
+        return cls(num_classes, settings.conf_thresh, settings.nms_thresh, settings.top_k, settings.keep_top_k)
 
     @torch.no_grad()
     def __call__(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> list[Detections]:

@@ -94,3 +94,10 @@ def oracle_ssd(
         prior = model.priors[-model.config.priors.boxes_per_location[-1]].unsqueeze(0)
         model.loc[-1].bias.view(-1, 4)[0] = encode(torch.tensor([box]), prior)[0]
     return model.eval()
+
+
+def save_detector(model, path, class_names) -> None:  # noqa: ANN001
+    """Write ``model`` as a checkpoint of this project, as train.py does (without training state)."""
+    from utils.checkpoint import DetectorInfo, save_checkpoint
+
+    save_checkpoint(path, model, DetectorInfo(model.config, tuple(class_names)))

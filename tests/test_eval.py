@@ -16,11 +16,12 @@ from pycocotools.cocoeval import COCOeval
 from data.config import SHAPES_CLASSES
 from data.shapes import generate
 from data.voc import VOCFormatDataset
-from eval import evaluate
-from ssd import model_config_to_dict
-from tests.fixtures import oracle_ssd, write_coco, write_voc_folder
+from tests.fixtures import oracle_ssd, save_detector, write_coco, write_voc_folder
 from utils.augmentations import BaseTransform
+from utils.checkpoint import DetectorInfo
 from utils.coco_eval import coco_results, eval_coco
+from utils.evaluation import evaluate
+from utils.predict import Predictor
 from utils.voc_eval import SSD_PYTORCH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,26 +42,16 @@ def fixture_folder(tmp_path: Path) -> Path:
 def test_evaluate_scores_known_detections(tmp_path: Path) -> None:
     dataset = VOCFormatDataset([(fixture_folder(tmp_path), "test")], SHAPES_CLASSES, transform=BaseTransform(300))
     model = oracle_ssd(len(SHAPES_CLASSES) + 1, BOX, label=1 + SHAPES_CLASSES.index("square"))
-    result = evaluate(model, dataset, batch_size=2, progress=False)
+    predictor = Predictor.for_model(model, DetectorInfo(model.config, SHAPES_CLASSES))
+    result = evaluate(predictor, dataset, batch_size=2, progress=False)
     assert result["ap"]["square"] == pytest.approx(1.0) and result["ap"]["star"] == pytest.approx(0.0)
     assert result["missing_classes"] == ["circle", "triangle"]
     assert result["map"] == pytest.approx(0.5)
     # Boxes come back in each image's pixels.
     np.testing.assert_allclose(result["detections"][0]["boxes"], [[20, 15, 60, 45]], atol=1e-3)
     np.testing.assert_allclose(result["detections"][1]["boxes"], [[12, 24, 36, 72]], atol=1e-3)
-    shifted = evaluate(model, dataset, batch_size=3, progress=False, metric="voc12", convention=SSD_PYTORCH)
+    shifted = evaluate(predictor, dataset, batch_size=3, progress=False, metric="voc12", convention=SSD_PYTORCH)
     assert shifted["ap"]["square"] == pytest.approx(1.0)
-
-
-def save_project_checkpoint(model, path: Path, class_names) -> None:
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "model_config": model_config_to_dict(model.config),
-            "class_names": list(class_names),
-        },
-        path,
-    )
 
 
 def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -78,7 +69,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 def test_cli_end_to_end_on_shapes(tmp_path: Path) -> None:
     generate(tmp_path / "shapes", 0, 6, seed=1)
     weights = tmp_path / "oracle.pth"
-    save_project_checkpoint(oracle_ssd(5, BOX, 2), weights, SHAPES_CLASSES)
+    save_detector(oracle_ssd(5, BOX, 2), weights, SHAPES_CLASSES)
     result = run_eval("--weights", str(weights), "--dataset", "Shapes", "--dataset_root", str(tmp_path / "shapes"),
                       "--batch_size", "4", "--num_workers", "0", "--project", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -118,7 +109,7 @@ def test_cli_failures_are_one_line(tmp_path: Path) -> None:
         == f"error: weights file {tmp_path / 'none.pth'} does not exist; check the path (see README, 'Weights')"
     )
     voc_weights = tmp_path / "voc.pth"
-    save_project_checkpoint(oracle_ssd(21, BOX, 2), voc_weights, ["x"] * 20)
+    save_detector(oracle_ssd(21, BOX, 2), voc_weights, ["x"] * 20)
     wrong = run_eval("--weights", str(voc_weights), *common, cwd=tmp_path)
     assert "trained for 20 classes but the dataset has 4" in error_line(wrong)
     raw = tmp_path / "raw.pth"
@@ -126,7 +117,7 @@ def test_cli_failures_are_one_line(tmp_path: Path) -> None:
     wrong_raw = run_eval("--weights", str(raw), *common, cwd=tmp_path)
     assert "conf.0.weight: file (84, 512, 3, 3) vs model (20, 512, 3, 3)" in error_line(wrong_raw)
     weights = tmp_path / "shapes.pth"
-    save_project_checkpoint(oracle_ssd(5, BOX, 2), weights, SHAPES_CLASSES)
+    save_detector(oracle_ssd(5, BOX, 2), weights, SHAPES_CLASSES)
     no_split = run_eval("--weights", str(weights), *common, "--image_set", "val", cwd=tmp_path)
     assert "val.txt does not exist" in error_line(no_split)
     (tmp_path / "shapes" / "ImageSets" / "Main" / "test.txt").write_text("")

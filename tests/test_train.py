@@ -12,7 +12,8 @@ import torch
 import train
 from data.shapes import generate
 from layers.multibox_loss import MultiBoxLoss
-from utils.weights import load_detector, read_checkpoint
+from ssd import SSD
+from utils.checkpoint import RawWeights, load_detector, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,8 +67,9 @@ def test_smoke_run_writes_a_loadable_checkpoint(shapes: Path, tmp_path: Path) ->
         and "map" in record
         and set(record["ap"]) == {"circle", "square", "triangle", "star"}
     )
-    model, checkpoint = load_detector(run / "last.pth", num_classes=5)
-    assert checkpoint["class_names"] == ["circle", "square", "triangle", "star"] and model.config.batch_norm
+    model, info = load_detector(run / "last.pth")
+    assert info.class_names == ("circle", "square", "triangle", "star") and model.config.batch_norm
+    checkpoint = read_checkpoint(run / "last.pth")
     assert {
         "optimizer",
         "scheduler",
@@ -77,13 +79,16 @@ def test_smoke_run_writes_a_loadable_checkpoint(shapes: Path, tmp_path: Path) ->
         "best_map",
         "rng",
         "model_config",
+        "class_names",
+        "preprocess",
+        "postprocess",
     } <= checkpoint.keys()
     torch.save(checkpoint["model"], tmp_path / "plain.pth")  # alone, the weights do not say their width
     with pytest.raises(
         ValueError,
         match="plain.pth does not fit this SSD: .*vgg.0.weight: file \\(8, 3, 3, 3\\) vs model \\(64, 3, 3, 3\\)",
     ):
-        load_detector(tmp_path / "plain.pth", num_classes=5, size=300)
+        load_detector(tmp_path / "plain.pth", raw=RawWeights(300, ("circle", "square", "triangle", "star")))
 
 
 def test_resume_at_an_epoch_boundary_is_exact(shapes: Path, tmp_path: Path) -> None:
@@ -181,14 +186,14 @@ def test_bad_input_is_one_line(shapes: Path, tmp_path: Path) -> None:
 
 def test_amp_on_a_cpu_trains_in_bfloat16(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[torch.dtype] = []
-    forward = train.SSD.forward
+    forward = SSD.forward
 
-    def recording_forward(self: train.SSD, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def recording_forward(self: SSD, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, conf = forward(self, x)
         seen.append(conf.dtype)
         return loc, conf
 
-    monkeypatch.setattr(train.SSD, "forward", recording_forward)
+    monkeypatch.setattr(SSD, "forward", recording_forward)
     assert run_main(args_for(shapes, tmp_path / "runs", "--end_epoch", "2", "--amp")) == 0
     assert seen and set(seen) == {torch.bfloat16}  # autocast was on, without a GradScaler (bfloat16)
     assert torch.isfinite(torch.tensor(losses(tmp_path / "runs" / "exp1"))).all()

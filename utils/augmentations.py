@@ -25,6 +25,8 @@ that leave the result unchanged:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -45,7 +47,7 @@ def _to_output(image: np.ndarray, mean_bgr: np.ndarray, inv_std_bgr: np.ndarray 
     if image.shape[0] != size or image.shape[1] != size:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     out = np.empty((3, size, size), dtype=np.float32)
-    # Plane by plane: contiguous reads are ~20x faster than casting a transposed [H, W, 3] view.
+    # Plane by plane: contiguous reads, much faster than casting a transposed [H, W, 3] view.
     for k, plane in enumerate(cv2.split(image)):  # B, G, R
         channel = out[2 - k]  # RGB order
         np.subtract(plane, mean_bgr[k], out=channel, dtype=np.float32)
@@ -91,11 +93,52 @@ class BaseTransform:
         return _to_output(image, self.mean, self.inv_std, self.size), relative, labels
 
 
-def box_iou_numpy(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Continuous IoU of xyxy boxes [N, 4] and [M, 4] -> [N, M]."""
-    lt = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    rb = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+@dataclass(frozen=True)
+class Preprocess:
+    """The pixel normalisation a network was trained with: ``(pixel - mean) / std`` on 0-255 BGR values, in
+    the BGR order of the image file (see the module docstring). ``std`` None divides by nothing.
+
+    A checkpoint stores it (``utils.checkpoint.DetectorInfo``); :data:`PIXEL_NORMS` names the two in use.
+    """
+
+    mean: tuple[float, float, float] = CAFFE_MEAN_BGR
+    std: tuple[float, float, float] | None = None
+
+    def transform(self, size: int) -> BaseTransform:
+        """The test-time transform to ``size`` x ``size`` with this normalisation."""
+        return BaseTransform(size, self.mean, self.std)
+
+    def to_dict(self) -> dict[str, list[float] | None]:
+        return {"mean": list(self.mean), "std": None if self.std is None else list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        mean, std = data.get("mean"), data.get("std")
+        return cls(CAFFE_MEAN_BGR if not mean else tuple(float(v) for v in mean),
+                   None if not std else tuple(float(v) for v in std))  # fmt: skip
+
+
+# --pixel_norm: caffe for ssd.pytorch's vgg16_reducedfc.pth, torchvision for bases converted from torchvision.
+PIXEL_NORMS: dict[str, Preprocess] = {
+    "caffe": Preprocess(CAFFE_MEAN_BGR),
+    "torchvision": Preprocess(TORCHVISION_MEAN_BGR, TORCHVISION_STD_BGR),
+}
+
+
+def iou_numpy(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """:func:`layers.box_utils.iou` in numpy, for the crop sampler's per-sample arrays (a tensor round trip costs
+    more than this IoU there; tests/test_augmentations.py checks that both agree).
+
+    Args:
+        boxes_a (ndarray[N, 4]): xyxy.
+        boxes_b (ndarray[M, 4]): xyxy.
+
+    Returns:
+        ndarray[N, M] in [0, 1].
+    """
+    lt = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])  # [N, M, 2]
+    rb = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])  # [N, M, 2]
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)  # [N, M]
     area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
     area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
     return inter / (area_a[:, None] + area_b[None, :] - inter)
@@ -246,7 +289,7 @@ class SSDAugmentation:
             else:
                 rects = np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)  # [T, 4]
                 if mode is not None:
-                    ok &= box_iou_numpy(rects, boxes).max(axis=1) >= mode
+                    ok &= iou_numpy(rects, boxes).max(axis=1) >= mode  # [T]
                 inside = (
                     (centres[None, :, 0] > x0[:, None]) & (centres[None, :, 1] > y0[:, None])
                     & (centres[None, :, 0] < x1[:, None]) & (centres[None, :, 1] < y1[:, None])

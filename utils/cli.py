@@ -1,5 +1,5 @@
-"""What every command-line script shares: logging set-up, the memory allocator's and cuDNN's settings and turning
-user errors into one line."""
+"""What every command-line script shares: the flag groups (one name, one default and one help text per flag),
+logging set-up, the memory allocator's and cuDNN's settings, and turning user errors into one line."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 import torch
+
+from data.config import DATASETS, DatasetPreset, get_preset
+from layers.detection import DetectSettings
+from ssd import EXTRAS
+from utils.checkpoint import RawWeights
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +41,8 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed blocks of up to 1 GiB for reuse instead of returning them to the OS.
 
     PyTorch's CPU tensors come from malloc. By default glibc gives large blocks back to the OS when they are
-    freed and maps fresh, zero-filled pages for the next ones, so every SSD300 forward page-faults ~10,000
-    times for its activations: 15% of its time on this project's VM (python benchmarks/bench_forward.py).
-    The cost is that the process keeps its peak memory. Returns whether the settings took (glibc only).
+    freed and maps fresh, zero-filled pages for the next ones, so every SSD300 forward page-faults thousands of
+    times for its activations (README, "Performance"). The cost is that the process keeps its peak memory. Returns whether the settings took (glibc only).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -85,3 +89,110 @@ def run_cli(
         print("interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+# --- flag groups ------------------------------------------------------------------------------------------
+# Each flag is defined once, here; every script that takes it adds its group. make_parser() gives every
+# underscore flag its hyphen spelling too (--batch_size and --batch-size).
+DEFAULT_WEIGHTS = "weights/ssd300_mAP_77.43_v2.pth"
+DEFAULT_NUM_WORKERS = 4
+DATASET_NAMES = (*DATASETS, "Custom")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative None and False (a flag's help says what its absence means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+
+
+def add_hyphen_aliases(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Accept ``--a-b`` for every ``--a_b`` flag of ``parser`` (both spellings are common in users' scripts)."""
+    for action in parser._actions:
+        for option in list(action.option_strings):
+            alias = option.replace("_", "-")
+            if alias != option and alias not in parser._option_string_actions:
+                action.option_strings.append(alias)
+                parser._option_string_actions[alias] = action
+    return parser
+
+
+def _dataset_name(text: str) -> str:
+    """``voc`` -> ``VOC``: dataset names are case-insensitive; unknown names fall through to argparse's choices."""
+    return next((name for name in DATASET_NAMES if name.lower() == text.lower()), text)
+
+
+def add_weights_flag(parser: argparse.ArgumentParser, onnx: bool = False, required: bool = False) -> None:
+    kinds = "a checkpoint of this project or an ssd.pytorch state_dict" + (", or an exported .onnx file" if onnx else "")
+    parser.add_argument("--weights", "--trained_model", dest="weights", required=required,
+                        default=None if required else DEFAULT_WEIGHTS, help=kinds)  # fmt: skip
+
+
+def add_dataset_flags(parser: argparse.ArgumentParser, split: str, root_required: bool = False) -> None:
+    """``--dataset``, ``--dataset_root``, ``--classes`` and ``--image_set`` (of the ``split`` split)."""
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--dataset", type=_dataset_name, choices=DATASET_NAMES, default="VOC",
+                       help="the class set and folder layout (Custom: a VOC-format folder with --classes)")  # fmt: skip
+    group.add_argument("--dataset_root", "--voc_root", dest="dataset_root", required=root_required, default=None,
+                       help="VOCdevkit, COCO root or VOC-format folder")  # fmt: skip
+    group.add_argument("--classes", default=None, help="class-names file (one per line), for Custom")
+    group.add_argument("--image_set", default=None,
+                       help=f"override the {split} split: e.g. 2007:{'test' if split == 'test' else 'trainval'} (VOC), "
+                            f"{'val2017' if split == 'test' else 'train2017'} (COCO), a split file name (VOC format)")  # fmt: skip
+
+
+def add_raw_weights_flags(parser: argparse.ArgumentParser) -> None:
+    """What a raw ssd.pytorch state_dict is (this project's checkpoints describe themselves)."""
+    parser.add_argument("--size", type=int, default=300, choices=sorted(EXTRAS),
+                        help="input size of a raw ssd.pytorch state_dict")  # fmt: skip
+
+
+def add_detect_flags(parser: argparse.ArgumentParser) -> None:
+    """Detect's settings; each flag overrides the model's own (stored in its checkpoint, Caffe SSD's by default)."""
+    group = parser.add_argument_group("detection (default: the model's own settings)")
+    defaults = DetectSettings()
+    group.add_argument("--conf_thresh", type=float, default=None,
+                       help=f"score a candidate must exceed (default {defaults.conf_thresh})")  # fmt: skip
+    group.add_argument("--nms_thresh", type=float, default=None, help=f"NMS IoU threshold (default {defaults.nms_thresh})")
+    group.add_argument("--top_k", type=int, default=None,
+                       help=f"candidates per class into NMS (default {defaults.top_k})")  # fmt: skip
+    group.add_argument("--keep_top_k", type=int, default=None,
+                       help=f"detections kept per image, 0 = all (default {defaults.keep_top_k})")  # fmt: skip
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision: float16 on a GPU, bfloat16 on a CPU (fast on CPUs with bfloat16 "
+                             "instructions; check the mAP it gives)")  # fmt: skip
+
+
+def add_workers_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num_workers", type=int, default=DEFAULT_NUM_WORKERS, help="data-loading processes")
+
+
+def add_run_flags(parser: argparse.ArgumentParser, project: str) -> None:
+    """Where outputs go (``<project>/<name><N>``) and how much is logged."""
+    parser.add_argument("--project", default=project, help="outputs go to <project>/<name><N>")
+    parser.add_argument("--name", default="exp")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def dataset_preset(args: argparse.Namespace) -> DatasetPreset:
+    return get_preset(args.dataset, args.classes)
+
+
+def raw_weights(args: argparse.Namespace, preset: DatasetPreset) -> RawWeights:
+    """What ``--size`` and ``--dataset`` say a raw state_dict is."""
+    return RawWeights(args.size, preset.class_names, preset.prior_family)
+
+
+def detect_settings(args: argparse.Namespace, base: DetectSettings) -> DetectSettings:
+    """``base`` (the model's settings) with the detection flags that were given."""
+    return base.override(args.conf_thresh, args.nms_thresh, args.top_k, args.keep_top_k)

@@ -2,14 +2,14 @@
 
 SSD §3 ("Base network"): fc6 and fc7 become convolutions, sub-sampled from the fully connected weights
 (a 3x3 dilated fc6 of 1024 filters, a 1x1 fc7 of 1024). The output has ssd.pytorch's bare keys
-``0.weight`` ... ``33.bias`` and loads with ``utils.weights.load_base_weights``.
+``0.weight`` ... ``33.bias`` and loads with ``utils.checkpoint.load_base_weights``.
 
 These weights expect torchvision's preprocessing (RGB in [0, 1], minus mean (0.485, 0.456, 0.406), divided
 by std (0.229, 0.224, 0.225)), not the Caffe mean subtraction that ssd.pytorch's vgg16_reducedfc.pth
 expects.
 
 Usage:
-    python utils/convert_vgg.py --input vgg16-397923af.pth --output weights/vgg16_reducedfc_torchvision.pth
+    python -m utils.convert_vgg --input vgg16-397923af.pth --output weights/vgg16_reducedfc_torchvision.pth
 (torchvision's file: https://download.pytorch.org/models/vgg16-397923af.pth, or
 ``torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict()`` saved with torch.save.)
 """
@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python utils/convert_vgg.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from torch import Tensor
 
-from torch import Tensor  # noqa: E402
-
-from utils.cli import run_cli  # noqa: E402
-from utils.weights import StateDict, atomic_save, extract_state_dict, read_checkpoint  # noqa: E402
+from utils.checkpoint import StateDict, atomic_save, extract_state_dict, read_checkpoint
+from utils.cli import run_cli
 
 # torchvision vgg16.features indices of the 13 convolutions; ssd.vgg uses the same indices.
 FEATURE_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)

@@ -11,8 +11,8 @@ import torch
 
 from ssd import build_ssd
 from tests.reference import random_state, ssd_pytorch_shapes
+from utils.checkpoint import atomic_save, load_base_weights, load_model_weights, read_checkpoint
 from utils.convert_vgg import convert_torchvision_vgg16
-from utils.weights import atomic_save, load_base_weights, load_model_weights, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,7 +171,7 @@ def test_atomic_save_survives_a_crash(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_convert_cli_reports_a_missing_file_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "utils/convert_vgg.py", "--input", str(tmp_path / "vgg16.pth"), "--output", str(tmp_path / "o.pth")],
+        [sys.executable, "-m", "utils.convert_vgg", "--input", str(tmp_path / "vgg16.pth"), "--output", str(tmp_path / "o.pth")],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2

@@ -1,7 +1,19 @@
-"""Reading and writing weights: ssd.pytorch checkpoints, this project's checkpoints and the VGG base.
+"""The checkpoint format: the one place that writes and reads detector checkpoints and the VGG base.
 
-Every file is read with ``torch.load(..., weights_only=True)``: a checkpoint can hold tensors and plain
-containers, never code. Files are written atomically (temporary file, then ``os.replace``).
+A checkpoint of this project is a dict of tensors and plain containers::
+
+    {"model": state_dict,                      # ssd.pytorch's keys and shapes (or another backbone's)
+     "model_config": {...},                    # ssd.ModelConfig: rebuilds the network
+     "class_names": [...],                     # foreground classes; the network's class c is class_names[c - 1]
+     "preprocess": {"mean": [...], "std": ...},   # utils.augmentations.Preprocess
+     "postprocess": {"conf_thresh": ..., ...},    # layers.detection.DetectSettings (test-time defaults)
+     ...training state (optimizer, scheduler, epoch, args, rng; see utils.training)}
+
+:class:`DetectorInfo` holds everything but the weights and the training state. A raw ssd.pytorch or fork
+state_dict (also with DataParallel's ``module.`` prefix) describes nothing about itself; :class:`RawWeights`
+says what to assume for one. Every file is read with ``torch.load(..., weights_only=True)``: a checkpoint can
+hold tensors and plain containers, never code. Files are written atomically (temporary file, then
+``os.replace``).
 """
 
 from __future__ import annotations
@@ -9,14 +21,19 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ssd import SSD, build_ssd, model_config_from_dict
+from data.config import VOC_CLASSES
+from layers.detection import DetectSettings
+from layers.prior_box import prior_config
+from ssd import SSD, ModelConfig, model_config_from_dict, model_config_to_dict
+from utils.augmentations import Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -154,37 +171,118 @@ def load_model_weights(model: nn.Module, path: str | Path, skip_conf: bool = Fal
     return checkpoint
 
 
-def load_detector(
-    path: str | Path,
-    num_classes: int,
-    size: int = 300,
-    priors: str = "VOC",
-    device: torch.device | str = "cpu",
-    check_classes: bool = True,
-) -> tuple[SSD, dict[str, Any]]:
-    """Build the SSD a checkpoint needs and load it, in eval mode on ``device``.
+@dataclass(frozen=True)
+class DetectorInfo:
+    """What a checkpoint says about its detector, besides the weights.
 
-    This project's checkpoints describe their network (``model_config``); for them ``size`` and ``priors``
-    are ignored, and ``num_classes`` is only checked (``check_classes``: evaluation needs the dataset's
-    class count; inference takes the checkpoint's). A raw ssd.pytorch/fork state_dict is loaded into
-    ``build_ssd(size, num_classes, priors)``.
+    Args:
+        config: rebuilds the network (:class:`ssd.ModelConfig`).
+        class_names: the C - 1 foreground classes, in the network's order.
+        preprocess: the pixel normalisation the network was trained with.
+        postprocess: the model's test-time Detect settings; command-line flags override single fields.
+    """
+
+    config: ModelConfig
+    class_names: tuple[str, ...]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    postprocess: DetectSettings = field(default_factory=DetectSettings)
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.config.num_classes - 1:
+            raise ValueError(
+                f"{len(self.class_names)} class names for a network with {self.config.num_classes - 1} classes"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """C, including the background."""
+        return self.config.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint entries (plain containers, loadable with ``weights_only=True``)."""
+        return {
+            "model_config": model_config_to_dict(self.config),
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict(),
+            "postprocess": self.postprocess.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectorInfo:
+        """Inverse of :meth:`to_dict`; entries that older checkpoints lack take their defaults."""
+        return cls(
+            config=model_config_from_dict(data["model_config"]),
+            class_names=tuple(data["class_names"]),
+            preprocess=Preprocess.from_dict(data.get("preprocess") or {}),
+            postprocess=DetectSettings.from_dict(data.get("postprocess") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class RawWeights:
+    """What to assume for a raw ssd.pytorch/fork state_dict, which does not describe its network.
+
+    Args:
+        size: 300 or 512 (``--size``).
+        class_names: the dataset's classes (``--dataset``/``--classes``); fixes C.
+        prior_family: the dataset's prior family (Cityscapes models used COCO's priors).
+    """
+
+    size: int = 300
+    class_names: tuple[str, ...] = VOC_CLASSES
+    prior_family: str = "VOC"
+
+    def info(self) -> DetectorInfo:
+        config = ModelConfig(self.size, len(self.class_names) + 1, prior_config(self.prior_family, self.size))
+        return DetectorInfo(config, tuple(self.class_names))
+
+
+def detector_info(checkpoint: Mapping[str, Any], raw: RawWeights | None = None) -> DetectorInfo:
+    """The :class:`DetectorInfo` of a checkpoint dict: its own for this project's, ``raw``'s for a raw state_dict.
+
+    A project checkpoint written before class names were stored takes ``raw.class_names``.
+    """
+    raw = raw or RawWeights()
+    if "model_config" not in checkpoint:
+        return raw.info()
+    data = dict(checkpoint)
+    data.setdefault("class_names", raw.class_names)
+    return DetectorInfo.from_dict(data)
+
+
+def save_checkpoint(path: str | Path, model: SSD, info: DetectorInfo, **training_state: Any) -> None:
+    """Write ``model``'s weights, ``info`` and any training state (plain containers and tensors) atomically."""
+    if model.config != info.config:
+        raise ValueError("the model's config differs from the DetectorInfo's; save the info of this model")
+    atomic_save({"model": model.state_dict(), **info.to_dict(), **training_state}, path)
+
+
+def load_detector(
+    path: str | Path, device: torch.device | str = "cpu", raw: RawWeights | None = None
+) -> tuple[SSD, DetectorInfo]:
+    """Rebuild and load the detector of a checkpoint, in eval mode on ``device``.
+
+    Args:
+        path: this project's checkpoint, or a raw ssd.pytorch/fork/DataParallel state_dict.
+        raw: what a raw state_dict is assumed to be (this project's checkpoints describe themselves).
 
     Raises:
-        ValueError: the checkpoint is for another number of classes than ``num_classes``, or does not fit.
+        FileNotFoundError, ValueError: the file is missing, not a checkpoint, or does not fit the network.
     """
     checkpoint = read_checkpoint(path)
-    if "model_config" in checkpoint:
-        config = model_config_from_dict(checkpoint["model_config"])
-        if check_classes and config.num_classes != num_classes:
-            raise ValueError(
-                f"{path} was trained for {config.num_classes - 1} classes but the dataset has {num_classes - 1}; "
-                "pick the matching --dataset or --classes"
-            )
-        model = SSD(config)
-    else:
-        model = build_ssd(size, num_classes, priors)
+    info = detector_info(checkpoint, raw)
+    model = SSD(info.config)
     _load_state(model, extract_state_dict(checkpoint, path), path, skip_conf=False)
-    return model.to(device).eval(), checkpoint
+    return model.to(device).eval(), info
+
+
+def require_classes(info: DetectorInfo, class_names: Sequence[str], path: str | Path) -> None:
+    """Refuse a detector whose class count differs from a dataset's (evaluation needs them equal)."""
+    if info.num_classes != len(class_names) + 1:
+        raise ValueError(
+            f"{path} was trained for {info.num_classes - 1} classes but the dataset has {len(class_names)}; "
+            "pick the matching --dataset or --classes"
+        )
 
 
 def load_base_weights(model: nn.Module, path: str | Path) -> None:

@@ -1,0 +1,138 @@
+"""Scoring a detector on a dataset: VOC07/VOC12 mAP (devkit-exact or ssd.pytorch-compatible) or COCO AP,
+and the files eval.py writes. eval.py and training-time evaluation both call :func:`evaluate`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data.base import DetectionDataset
+from utils.plots import plot_pr_curves
+from utils.predict import Predictor, predict_dataset
+from utils.voc_eval import DEVKIT, IoUConvention, eval_detection_voc
+
+METRICS = ("voc07", "voc12", "coco")
+
+
+def default_metric(dataset_name: str) -> str:
+    """The metric a dataset is scored with unless one is asked for: COCO's AP for COCO, else VOC07 mAP."""
+    return "coco" if dataset_name.lower() == "coco" else "voc07"
+
+
+def evaluate(
+    predictor: Predictor,
+    dataset: DetectionDataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    metric: str = "voc07",
+    convention: IoUConvention = DEVKIT,
+    iou_thresh: float = 0.5,
+    progress: bool = True,
+) -> dict:
+    """Detect on ``dataset`` and score the detections.
+
+    Args:
+        predictor: the model and its Detect (its class count must match ``dataset.class_names``).
+        dataset: test split whose transform is ``predictor.transform`` (fixed-size images).
+        metric: ``voc07`` (11-point), ``voc12`` (area) or ``coco`` (needs a COCO dataset).
+        convention: IoU convention of the VOC metrics (:data:`DEVKIT` or :data:`SSD_PYTORCH`).
+
+    Returns:
+        ``{"metric", "map", "ap": {class: AP}, "missing_classes", "num_images", "num_detections",
+        "recall", "precision", "detections"}``, plus ``"coco": {AP, AP50, ...}`` for COCO. ``map`` is the VOC
+        mAP or COCO's AP@[.5:.95].
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    num_classes = predictor.runner.info.num_classes
+    if num_classes != len(dataset.class_names) + 1:
+        raise ValueError(f"the model has {num_classes - 1} classes but the dataset has {len(dataset.class_names)}")
+    annotations = [dataset.pull_anno(i) for i in range(len(dataset))]  # read once: sizes here, ground truth below
+    sizes = [(a.width, a.height) for a in annotations]
+    detections = predict_dataset(predictor, dataset, sizes, batch_size, num_workers, progress)
+    names = list(dataset.class_names)
+    result: dict = {"metric": metric, "num_images": len(dataset), "detections": detections,
+                    "num_detections": int(sum(len(d["scores"]) for d in detections))}  # fmt: skip
+    if metric == "coco":
+        from data.coco import COCODetection
+        from utils.coco_eval import coco_results, eval_coco
+
+        if not isinstance(dataset, COCODetection):
+            raise ValueError("--metric coco needs a COCO dataset (instances JSON); use voc07/voc12 for VOC-format data")
+        results = coco_results(
+            dataset.coco_ids,
+            [d["boxes"] for d in detections],
+            [d["labels"] for d in detections],
+            [d["scores"] for d in detections],
+            dataset.category_ids,
+        )
+        stats = eval_coco(dataset.coco, results, dataset.coco_ids)
+        ap = np.asarray(stats.pop("per_class_ap"))
+        result.update(coco=stats, coco_results=results, map=stats["AP"], recall=None, precision=None)
+    else:
+        voc = eval_detection_voc(
+            [d["boxes"] for d in detections], [d["labels"] for d in detections], [d["scores"] for d in detections],
+            [a.boxes for a in annotations], [a.labels for a in annotations], [a.difficult for a in annotations],
+            iou_thresh=iou_thresh, use_07_metric=metric == "voc07", num_classes=len(names), convention=convention,
+        )  # fmt: skip
+        ap = voc["ap"]
+        result.update(map=voc["map"], recall=voc["recall"], precision=voc["precision"],
+                      num_positives=dict(zip(names, voc["num_positives"].tolist(), strict=True)))  # fmt: skip
+    result["ap"] = dict(zip(names, ap.tolist(), strict=True))
+    result["missing_classes"] = [n for n, v in result["ap"].items() if np.isnan(v)]
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The per-class AP table as text."""
+    counts = result.get("num_positives", {})
+    lines = [f"{'class':<20}{'AP':>8}{'#gt':>8}"]
+    for name, ap in result["ap"].items():
+        lines.append(f"{name:<20}{'n/a' if np.isnan(ap) else f'{ap:.4f}':>8}{counts.get(name, ''):>8}")
+    lines.append(f"{'mAP' if result['metric'] != 'coco' else 'AP@[.5:.95]':<20}{result['map']:>8.4f}")
+    return "\n".join(lines)
+
+
+def write_devkit_results(
+    folder: Path, image_ids: Sequence[str], detections: Sequence[dict], class_names: Sequence[str]
+) -> None:
+    """``det_test_<class>.txt`` files: ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>``, 1-based pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handles = {c: (folder / f"det_test_{name}.txt").open("w") for c, name in enumerate(class_names)}
+    try:
+        for image_id, found in zip(image_ids, detections, strict=True):
+            for box, score, label in zip(found["boxes"], found["scores"], found["labels"], strict=True):
+                x0, y0, x1, y1 = box + 1.0
+                handles[int(label)].write(f"{image_id} {score:.6f} {x0:.1f} {y0:.1f} {x1:.1f} {y1:.1f}\n")
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def save_outputs(out_dir: Path, result: dict, dataset: DetectionDataset, settings: dict) -> None:
+    names = list(dataset.class_names)
+    summary = {k: result[k] for k in ("metric", "map", "ap", "missing_classes", "num_images", "num_detections")}
+    summary.update(settings=settings, **({"coco": result["coco"]} if "coco" in result else {}))
+    (out_dir / "ap.json").write_text(json.dumps(summary, indent=2, default=float))
+    with (out_dir / "ap.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "ap", "num_gt"])
+        for name, ap in result["ap"].items():
+            writer.writerow([name, "" if np.isnan(ap) else f"{ap:.6f}", result.get("num_positives", {}).get(name, "")])
+        writer.writerow(["mean", f"{result['map']:.6f}", ""])
+    if result.get("recall") is not None:
+        plot_pr_curves(
+            out_dir / "pr_curves.png",
+            names,
+            result["recall"],
+            result["precision"],
+            list(result["ap"].values()),
+            title=result["metric"],
+        )
+    write_devkit_results(out_dir / "results", dataset.ids, result["detections"], names)
+    if "coco_results" in result:
+        (out_dir / "coco_results.json").write_text(json.dumps(result["coco_results"]))

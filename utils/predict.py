@@ -1,0 +1,235 @@
+"""The one prediction path: a batch of decoded images -> network -> Detect -> pixel-space detections.
+
+    runner = load_runner("best.pth", device)          # or an exported .onnx file
+    predictor = Predictor(runner)                      # Detect with the model's own test settings
+    detections = predictor([cv2.imread("a.jpg")])      # per image: boxes [K, 4] pixels, scores, labels
+
+eval.py, inference.py, training-time evaluation and the export check all go through :class:`Predictor`.
+A :class:`Runner` is whatever computes the network: the PyTorch SSD (eager or CUDA graphs, see
+:class:`utils.runtime.InferenceModel`) or an onnxruntime session. A runner returns the raw
+``(loc_preds, conf_preds)``, to which the predictor applies :class:`layers.detection.Detect`, or, when its
+graph already contains NMS (``returns_detections``), the final per-image detections.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.base import DetectionDataset, detection_collate
+from layers.detection import Detect, Detections, DetectSettings
+from layers.prior_box import prior_boxes
+from ssd import SSD
+from utils.checkpoint import DetectorInfo, RawWeights, load_detector
+from utils.runtime import InferenceModel
+
+# Per image, in pixels of the original image: boxes float64 [K, 4] xyxy (unclipped), scores float64 [K]
+# (descending), labels int64 [K] as 0-based foreground classes (``class_names[label]``).
+PixelDetections = dict[str, np.ndarray]
+
+
+class Runner(Protocol):
+    """Computes the network on a preprocessed batch ``[B, 3, S, S]`` (see :class:`utils.augmentations.BaseTransform`).
+
+    Attributes:
+        info: what the model is (classes, input size, preprocessing, its test-time Detect settings).
+        priors (Tensor[P, 4]): cxcywh, for decoding raw outputs.
+        returns_detections: whether ``__call__`` returns final detections (a graph with NMS inside) rather than
+            the raw ``(loc_preds [B, P, 4], conf_preds [B, P, C])``.
+        device: where the outputs are.
+    """
+
+    info: DetectorInfo
+    priors: Tensor
+    returns_detections: bool
+    device: torch.device
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor] | list[Detections]: ...
+
+
+class TorchRunner:
+    """The PyTorch SSD behind :class:`Runner`, run by :class:`utils.runtime.InferenceModel`."""
+
+    returns_detections = False
+
+    def __init__(self, model: SSD, info: DetectorInfo, amp: bool = False, cuda_graph: bool = False) -> None:
+        self.info = info
+        self.network = InferenceModel(model, amp, cuda_graph)
+        self.priors = self.network.priors
+        self.device = self.network.device
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.network(images)
+
+
+class OnnxRunner:
+    """An ONNX file exported by ``utils.export`` (raw outputs), run by onnxruntime on the CPU."""
+
+    returns_detections = False
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise ValueError("running ONNX models needs the optional package onnxruntime: pip install onnxruntime") from error
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX file {path} does not exist")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable files
+            raise ValueError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0]})") from error
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "model_config" not in meta:
+            raise ValueError(f"{path} lacks this project's metadata; export it with python -m utils.export")
+        if meta.get("outputs") != "loc,conf":
+            raise ValueError(f"{path} returns decoded boxes; export it without --decoded for inference.py")
+        self.info = DetectorInfo.from_dict({key: json.loads(meta[key]) for key in meta if key != "outputs"})
+        self.priors = prior_boxes(self.info.config.priors)
+        self.device = torch.device("cpu")
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        loc, conf = self.session.run(None, {"images": images.cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(loc), torch.from_numpy(conf)
+
+
+def load_runner(
+    path: str | Path, device: torch.device, raw: RawWeights | None = None, amp: bool = False
+) -> TorchRunner | OnnxRunner:
+    """The runner of a weights file: an ``.onnx`` export, or a checkpoint (CUDA graphs on a GPU)."""
+    if str(path).lower().endswith(".onnx"):
+        return OnnxRunner(path)
+    model, info = load_detector(path, device, raw)
+    return TorchRunner(model, info, amp, cuda_graph=True)
+
+
+@dataclass
+class Timer:
+    """Accumulated milliseconds per stage and the number of images."""
+
+    preprocess: float = 0.0
+    network: float = 0.0
+    detect: float = 0.0
+    images: int = 0
+
+    def line(self) -> str:
+        n = max(self.images, 1)
+        return (f"{self.preprocess / n:.1f} ms preprocess, {self.network / n:.1f} ms network, "
+                f"{self.detect / n:.1f} ms Detect ({self.images} images)")  # fmt: skip
+
+
+@dataclass
+class SpeedLog:
+    """Per-image timings, with the first batch of each size kept apart: it pays the start-up (cuDNN's
+    autotuning, a CUDA graph's capture, the CPU library's kernel set-up), which later batches do not."""
+
+    steady: Timer = field(default_factory=Timer)
+    startup: Timer = field(default_factory=Timer)
+    batch_sizes: set[int] = field(default_factory=set)
+
+    def timer_for(self, batch_size: int) -> Timer:
+        if batch_size in self.batch_sizes:
+            return self.steady
+        self.batch_sizes.add(batch_size)
+        return self.startup
+
+    def line(self) -> str:
+        if not self.steady.images:
+            return f"speed per image (first batches only, start-up included): {self.startup.line()}"
+        return f"speed per image: {self.steady.line()}; the first batch of each size is not counted"
+
+
+class Predictor:
+    """Images in, pixel-space detections out, through one runner and one Detect.
+
+    Args:
+        runner: the network (:class:`TorchRunner`, :class:`OnnxRunner`).
+        settings: Detect's settings; by default the model's own (``runner.info.postprocess``).
+    """
+
+    def __init__(self, runner: Runner, settings: DetectSettings | None = None) -> None:
+        self.runner = runner
+        self.settings = settings or runner.info.postprocess
+        self.detect = Detect.from_settings(runner.info.num_classes, self.settings)
+        self.transform = runner.info.preprocess.transform(runner.info.config.size)
+        self.speed = SpeedLog()
+
+    @classmethod
+    def for_model(
+        cls, model: SSD, info: DetectorInfo, settings: DetectSettings | None = None, amp: bool = False
+    ) -> Predictor:
+        """A predictor over an in-memory SSD (training-time evaluation, tests)."""
+        return cls(TorchRunner(model, info, amp), settings)
+
+    def detect_batch(self, images: Tensor, sizes: Sequence[tuple[int, int]]) -> list[PixelDetections]:
+        """Detect on a preprocessed batch.
+
+        Args:
+            images (Tensor[B, 3, S, S]): from ``self.transform``.
+            sizes: ``(width, height)`` of each original image, to scale the relative boxes to pixels.
+        """
+        outputs = self.runner(images)
+        found = outputs if self.runner.returns_detections else self.detect(*outputs, self.runner.priors)
+        return [to_pixels(detection, width, height) for detection, (width, height) in zip(found, sizes, strict=True)]
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[PixelDetections]:
+        """Detect in BGR uint8 images ``[H, W, 3]`` of any sizes (as ``cv2.imread`` gives), timing each stage."""
+        start = time.perf_counter()
+        batch = torch.from_numpy(np.stack([self.transform(image)[0] for image in images]))
+        mid = time.perf_counter()
+        outputs = self.runner(batch)
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)
+        net = time.perf_counter()
+        found = outputs if self.runner.returns_detections else self.detect(*outputs, self.runner.priors)
+        results = [to_pixels(d, image.shape[1], image.shape[0]) for d, image in zip(found, images, strict=True)]
+        end = time.perf_counter()
+        timer = self.speed.timer_for(len(images))
+        timer.preprocess += (mid - start) * 1e3
+        timer.network += (net - mid) * 1e3
+        timer.detect += (end - net) * 1e3
+        timer.images += len(images)
+        return results
+
+
+def to_pixels(detection: Detections, width: int, height: int) -> PixelDetections:
+    """One image's Detect output (relative boxes, labels 1..C-1) in pixels with 0-based labels."""
+    scale = np.array([width, height, width, height], np.float64)
+    return {
+        "boxes": detection["boxes"].cpu().double().numpy() * scale,
+        "scores": detection["scores"].cpu().double().numpy(),
+        "labels": detection["labels"].cpu().numpy() - 1,
+    }
+
+
+@torch.inference_mode()
+def predict_dataset(
+    predictor: Predictor,
+    dataset: DetectionDataset,
+    image_sizes: Sequence[tuple[int, int]],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[PixelDetections]:
+    """Detect in every image of ``dataset``, whose transform must be ``predictor.transform``'s (fixed size).
+
+    Args:
+        image_sizes: ``(width, height)`` of each original image.
+    """
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=detection_collate
+    )
+    outputs: list[PixelDetections] = []
+    for images, _ in tqdm(loader, desc="detect", unit="batch", disable=not progress, leave=False):
+        outputs += predictor.detect_batch(images, image_sizes[len(outputs) : len(outputs) + len(images)])
+    return outputs

@@ -1,0 +1,402 @@
+"""The training loop of train.py: one run's state (data, model, optimizer, schedule, DDP), its epochs, its
+exact resume, and its logs. train.py parses flags and calls :class:`Trainer`; tests import it directly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.base import DetectionDataset, detection_collate
+from data.build import build_dataset
+from data.config import DatasetPreset, get_preset
+from data.sampler import EpochSampler
+from layers.multibox_loss import MultiBoxLoss
+from ssd import SSD, build_ssd
+from utils.augmentations import PIXEL_NORMS, Preprocess, SSDAugmentation
+from utils.checkpoint import (
+    DetectorInfo,
+    detector_info,
+    load_base_weights,
+    load_model_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
+from utils.distributed import DistInfo, all_reduce_sum
+from utils.evaluation import default_metric, evaluate
+from utils.plots import plot_training
+from utils.predict import Predictor
+from utils.runs import increment_run_dir
+from utils.runtime import mixed_precision_dtype
+from utils.schedule import Schedule, paper_voc_epochs
+
+logger = logging.getLogger(__name__)
+
+# On --resume every argument comes from the checkpoint, except these: per-invocation ones, always from the
+# command line, and operational ones, from the command line when given there.
+PER_INVOCATION_ARGS = ("resume", "epochs_per_run")
+OPERATIONAL_ARGS = ("device", "num_workers", "verbose")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message says where."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in states["python"]))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def find_resume_checkpoint(resume: str, project: str) -> Path:
+    """``--resume``'s checkpoint: the path given, or for ``auto`` the newest ``last.pth`` under ``project``."""
+    if resume != "auto":
+        return Path(resume)
+    candidates = sorted(Path(project).glob("*/last.pth"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"--resume auto found no last.pth under {project}; pass the checkpoint path")
+    return candidates[-1]
+
+
+def build_model(args: argparse.Namespace, preset: DatasetPreset) -> SSD:
+    """A new SSD for ``preset``, initialised from ``--finetune`` (all but its conf heads) or the ``--basenet``."""
+    model = build_ssd(args.size, preset.num_classes, args.priors or preset.prior_family, args.width, args.batch_norm)
+    if args.finetune:
+        load_model_weights(model, args.finetune, skip_conf=True)
+    elif args.basenet and args.basenet.lower() != "none":
+        if not Path(args.basenet).is_file():
+            raise FileNotFoundError(
+                f"base network {args.basenet} does not exist: put ssd.pytorch's vgg16_reducedfc.pth there (README, "
+                "'Weights'), or convert torchvision's VGG-16 with utils/convert_vgg.py and pass --basenet <file> "
+                "--pixel_norm torchvision, or train from scratch with --basenet none"
+            )
+        load_base_weights(model, args.basenet)
+    return model
+
+
+def build_optimizer(args: argparse.Namespace, model: SSD) -> torch.optim.Optimizer:
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+
+def resolve_schedule(args: argparse.Namespace, dataset_size: int, steps_per_epoch: int) -> tuple[int, Schedule]:
+    """The number of epochs and the per-iteration lr schedule."""
+    epochs, milestones, kind = args.end_epoch, args.milestones, args.schedule
+    if kind == "paper_voc":
+        epochs, milestones = paper_voc_epochs(dataset_size, args.batch_size)
+        kind = "multistep"
+    schedule = Schedule(
+        total_iters=epochs * steps_per_epoch,
+        warmup_iters=round(args.warmup_epochs * steps_per_epoch),
+        kind=kind,
+        milestones=tuple(m * steps_per_epoch for m in milestones),
+        gamma=args.gamma,
+    )
+    return epochs, schedule
+
+
+def resolve_resume(
+    args: argparse.Namespace, defaults: dict[str, Any]
+) -> tuple[argparse.Namespace, dict[str, Any] | None, Path | None]:
+    """The arguments of the run to train, and the checkpoint and its path when ``--resume`` is given.
+
+    On ``--resume`` every argument comes from the checkpoint, except the per-invocation ones (always from the
+    command line) and the operational ones, from the command line where they differ from ``defaults``.
+    """
+    if not args.resume:
+        if args.dataset_root is None:
+            raise ValueError("--dataset_root is required (the dataset folder), unless you --resume a run")
+        return args, None, None
+    path = find_resume_checkpoint(args.resume, args.project)
+    checkpoint = read_checkpoint(path)
+    if "optimizer" not in checkpoint or "args" not in checkpoint:
+        raise ValueError(f"{path} is not a train.py checkpoint (no optimizer state); use it with --finetune instead")
+    saved = {**defaults, **checkpoint["args"]}  # arguments added since the checkpoint was written: defaults
+    saved.update({k: getattr(args, k) for k in OPERATIONAL_ARGS if getattr(args, k) != defaults[k]})
+    saved.update({k: getattr(args, k) for k in PER_INVOCATION_ARGS})
+    return argparse.Namespace(**saved), checkpoint, path
+
+
+def build_train_loader(
+    args: argparse.Namespace, preset: DatasetPreset, preprocess: Preprocess, dist: DistInfo, device: torch.device
+) -> tuple[DetectionDataset, EpochSampler, DataLoader]:
+    """The augmented training set, its resumable sampler and the loader of this process's share of a batch."""
+    augmentation = SSDAugmentation(args.size, preprocess.mean, preprocess.std, max_expand=args.max_expand)
+    dataset = build_dataset(preset, args.dataset_root, "train", augmentation, args.image_set, args.keep_difficult,
+                            args.skip_bad, args.seed)  # fmt: skip
+    if len(dataset) < args.batch_size:
+        raise ValueError(f"the training set has {len(dataset)} images, fewer than --batch_size {args.batch_size}")
+    sampler = EpochSampler(len(dataset), args.seed, dist.world_size, dist.rank, shuffle=True, drop_last=True)
+    loader = DataLoader(dataset, args.batch_size // dist.world_size, sampler=sampler, num_workers=args.num_workers,
+                        collate_fn=detection_collate, pin_memory=device.type == "cuda", drop_last=True)  # fmt: skip
+    return dataset, sampler, loader
+
+
+class Trainer:
+    """Holds what one training run owns and runs it epoch by epoch.
+
+    Args:
+        args: train.py's arguments, already resolved by :func:`resolve_resume`.
+        checkpoint: the checkpoint to resume from, or None for a new run.
+        resume_path: its path (the run folder is its folder).
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        device: torch.device,
+        dist: DistInfo,
+        checkpoint: dict[str, Any] | None = None,
+        resume_path: Path | None = None,
+    ) -> None:
+        self.args, self.device, self.dist = args, device, dist
+        if args.batch_size % dist.world_size:
+            raise ValueError(f"--batch_size {args.batch_size} must be divisible by the {dist.world_size} processes")
+        if not dist.is_main:
+            self.run_dir: Path | None = None
+        else:
+            self.run_dir = resume_path.parent if resume_path is not None else increment_run_dir(args.project, args.name)
+        seed_everything(args.seed)
+
+        self.preset = get_preset(args.dataset, args.classes)
+        preprocess = PIXEL_NORMS[args.pixel_norm]
+        self.dataset, self.sampler, self.loader = build_train_loader(args, self.preset, preprocess, dist, device)
+        self.steps_per_epoch = len(self.dataset) // args.batch_size
+
+        if checkpoint is None:
+            self.model = build_model(args, self.preset).to(device)
+            self.info = DetectorInfo(self.model.config, self.preset.class_names, preprocess)
+        else:  # the weights are loaded by load_state below
+            self.info = detector_info(checkpoint)
+            self.model = SSD(self.info.config).to(device)
+        self.memory_format = torch.preserve_format if args.no_channels_last else torch.channels_last
+        self.model.to(memory_format=self.memory_format)
+        self.optimizer = build_optimizer(args, self.model)
+        self.epochs, schedule = resolve_schedule(args, len(self.dataset), self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
+        self.amp_dtype = mixed_precision_dtype(device) if args.amp else None
+        # float16 needs loss scaling against gradient underflow; bfloat16 has float32's range and does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.epoch, self.epoch_step, self.iteration, self.best_map = 0, 0, 0, None
+        if checkpoint is not None:
+            self.load_state(checkpoint)
+
+        ddp_args = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        self.net = DistributedDataParallel(self.model, **ddp_args) if dist.enabled else self.model
+        normalizer = (lambda n: all_reduce_sum(n).clamp(min=1) / dist.world_size) if dist.enabled else None
+        self.criterion = MultiBoxLoss(self.preset.num_classes, normalizer=normalizer)
+        self.test_dataset = self.build_test_dataset() if dist.is_main and args.eval_interval > 0 else None
+        self.records: list[dict] = []
+        self.tensorboard = self.open_tensorboard() if dist.is_main and args.tensorboard else None
+        if self.run_dir is not None:
+            (self.run_dir / "args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+            log = self.run_dir / "log.txt"
+            if log.is_file():  # a resumed run keeps the epochs its checkpoint covers
+                self.records = [r for r in map(json.loads, log.read_text().splitlines()) if r["epoch"] <= self.epoch]
+                log.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def build_test_dataset(self) -> DetectionDataset | None:
+        try:
+            transform = self.info.preprocess.transform(self.info.config.size)
+            return build_dataset(self.preset, self.args.dataset_root, "test", transform)
+        except (FileNotFoundError, ValueError) as error:
+            logger.warning("no evaluation during training: %s", error)
+            return None
+
+    def open_tensorboard(self):  # noqa: ANN201 - SummaryWriter is optional
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
+            return None
+        return SummaryWriter(str(self.run_dir))
+
+    def training_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the detector, for an exact ``--resume``."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "iteration": self.iteration,
+            "best_map": self.best_map,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+            "rng": rng_states(),
+        }
+
+    def load_state(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.epoch_step = int(checkpoint["epoch"]), int(checkpoint["epoch_step"])
+        self.iteration, self.best_map = int(checkpoint["iteration"]), checkpoint["best_map"]
+        restore_rng_states(checkpoint["rng"])
+        logger.info("resuming at epoch %d, step %d (iteration %d)", self.epoch + 1, self.epoch_step, self.iteration)
+
+    def save(self, name: str) -> Path | None:
+        if self.run_dir is None:
+            return None
+        path = self.run_dir / name
+        save_checkpoint(path, self.model, self.info, **self.training_state())
+        return path
+
+    def train_step(self, images: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """One optimisation step; returns the process-averaged (loss_l, loss_c)."""
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        targets = [t.to(self.device, non_blocking=True) for t in targets]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loc_preds, conf_preds = self.net(images)
+        loss_l, loss_c = self.criterion(loc_preds.float(), conf_preds.float(), self.model.priors, targets)
+        terms = all_reduce_sum(torch.stack([loss_l.detach(), loss_c.detach()])) / self.dist.world_size
+        if not torch.isfinite(terms).all():
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {self.iteration} (epoch {self.epoch + 1}, lr "
+                f"{self.scheduler.get_last_lr()[0]:.3g}): loss_l={terms[0].item()}, loss_c={terms[1].item()}; "
+                "the last checkpoint is intact. Lower --lr, set --max_grad_norm, or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_l + loss_c).backward()
+        if self.args.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return terms
+
+    def train_epoch(self, bar: tqdm | None) -> dict:
+        self.model.train()
+        self.dataset.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.loader.batch_size)
+        sums, steps, start = torch.zeros(2), 0, time.perf_counter()
+        for images, targets in self.loader:
+            lr = self.scheduler.get_last_lr()[0]
+            terms = self.train_step(images, targets).cpu()
+            sums += terms
+            steps += 1
+            self.epoch_step += 1
+            self.iteration += 1
+            if bar is not None:
+                speed = steps * self.args.batch_size / (time.perf_counter() - start)
+                bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
+                bar.set_postfix(
+                    loss_l=f"{terms[0]:.3f}", loss_c=f"{terms[1]:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}"
+                )
+                bar.update(1)
+            if self.tensorboard is not None:
+                self.tensorboard.add_scalars("loss", {"loc": terms[0], "conf": terms[1]}, self.iteration)
+                self.tensorboard.add_scalar("lr", lr, self.iteration)
+        elapsed = time.perf_counter() - start
+        means = (sums / max(steps, 1)).tolist()
+        return {"epoch": self.epoch + 1, "iteration": self.iteration, "loss": means[0] + means[1], "loss_l": means[0],
+                "loss_c": means[1], "lr": self.scheduler.get_last_lr()[0],
+                "images_per_s": steps * self.args.batch_size / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
+
+    def evaluate(self) -> dict | None:
+        if self.test_dataset is None:
+            return None
+        metric = self.args.eval_metric or default_metric(self.preset.name)
+        predictor = Predictor.for_model(self.model, self.info, amp=self.args.amp)
+        result = evaluate(predictor, self.test_dataset, self.args.eval_batch_size, self.args.num_workers, metric,
+                          progress=False)  # fmt: skip
+        return {"map": result["map"], "ap": result["ap"]}
+
+    def end_epoch(self, record: dict) -> None:
+        """Evaluate, save and log, on the main process."""
+        finished = self.epoch == self.epochs
+        if self.args.eval_interval > 0 and (self.epoch % self.args.eval_interval == 0 or finished):
+            record.update(self.evaluate() or {})
+        mean_ap = record.get("map")
+        if mean_ap is not None and not np.isnan(mean_ap) and (self.best_map is None or mean_ap > self.best_map):
+            self.best_map = mean_ap
+            self.save("best.pth")
+        if self.epoch % self.args.save_period == 0 or finished:
+            self.save("last.pth")
+        self.records.append(record)
+        with (self.run_dir / "log.txt").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.write_results()
+        message = f"epoch {record['epoch']}/{self.epochs}: loss {record['loss']:.4f} (loc {record['loss_l']:.4f}, conf {record['loss_c']:.4f}), {record['images_per_s']:.1f} img/s"
+        logger.info(message + (f", mAP {mean_ap:.4f}" if mean_ap is not None else ""))
+        if self.tensorboard is not None and mean_ap is not None:
+            self.tensorboard.add_scalar("mAP", mean_ap, self.iteration)
+
+    def write_results(self) -> None:
+        columns = ("epoch", "iteration", "loss", "loss_l", "loss_c", "lr", "images_per_s", "map")
+        rows = [",".join(columns)] + [
+            ",".join("" if r.get(c) is None else str(r.get(c)) for c in columns) for r in self.records
+        ]
+        (self.run_dir / "results.csv").write_text("\n".join(rows) + "\n")
+        plot_training(self.run_dir / "results.png", self.records)
+
+    def fit(self) -> int:
+        """Train to the last epoch (or ``--epochs_per_run``); returns the exit status."""
+        args = self.args
+        total = self.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True) if self.dist.is_main else None
+        epochs_this_run = 0
+        try:
+            while self.epoch < self.epochs:
+                if self.epoch_step >= self.steps_per_epoch:
+                    self.epoch, self.epoch_step = self.epoch + 1, 0
+                    continue
+                record = self.train_epoch(bar)
+                self.epoch, self.epoch_step = self.epoch + 1, 0
+                epochs_this_run += 1
+                if self.dist.is_main:
+                    self.end_epoch(record)
+                if args.epochs_per_run and epochs_this_run >= args.epochs_per_run and self.epoch < self.epochs:
+                    path = self.save("last.pth")
+                    if path is not None:
+                        print(
+                            f"stopped after {epochs_this_run} epoch(s) (--epochs_per_run); resume with: python train.py --resume {path}"
+                        )
+                    return 0
+        except KeyboardInterrupt:
+            path = self.save("last.pth")
+            if path is not None:
+                print(f"\ninterrupted at epoch {self.epoch + 1}, step {self.epoch_step}; saved {path}; "
+                      f"resume with: python train.py --resume {path}", file=sys.stderr)  # fmt: skip
+            return 130
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        if self.run_dir is not None:
+            best = f", best mAP {self.best_map:.4f} ({self.run_dir / 'best.pth'})" if self.best_map is not None else ""
+            print(f"finished {self.epochs} epochs: {self.run_dir / 'last.pth'}{best}")
+        return 0
