@@ -4,8 +4,11 @@ with a straightforward implementation that builds the whole expand canvas."""
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform, SSDAugmentation, box_iou_numpy
+from layers.box_utils import iou
+from tests.reference import plain_iou
+from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform, SSDAugmentation, iou_numpy
 
 
 def random_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -16,6 +19,16 @@ def random_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.
     wh = rng.uniform(1, [width, height], (count, 2))
     boxes = np.concatenate([xy, np.minimum(xy + wh, [width, height])], axis=1).astype(np.float32)
     return image, boxes, rng.integers(0, 20, count)
+
+
+def test_iou_numpy_equals_box_utils_iou() -> None:
+    rng = np.random.default_rng(3)
+    corners = [rng.uniform(0, 100, (count, 2)) for count in (5, 7)]
+    boxes_a, boxes_b = (np.concatenate([xy, xy + rng.uniform(1, 60, xy.shape)], 1).astype(np.float32) for xy in corners)
+    boxes_b[0] = boxes_b[1]  # identical boxes: IoU 1
+    expected = iou(torch.from_numpy(boxes_a), torch.from_numpy(boxes_b)).numpy()
+    np.testing.assert_allclose(iou_numpy(boxes_a, boxes_b), expected, rtol=1e-6, atol=0)
+    assert iou_numpy(boxes_b, boxes_b)[0, 1] == 1.0
 
 
 def test_properties_over_thousands_of_draws() -> None:
@@ -53,7 +66,7 @@ def test_crop_meets_its_minimum_iou(min_iou: float) -> None:
         if rect == (0, 0, 160, 140):
             whole += 1
             continue
-        assert box_iou_numpy(boxes, np.asarray([rect], np.float32)).max() >= min_iou
+        assert plain_iou(torch.from_numpy(boxes), torch.tensor([rect], dtype=torch.float32)).max() >= min_iou
         assert keep.any()
     assert whole < 500
 
