@@ -33,8 +33,8 @@ demo: $(STAMP)
 	$(PY) inference.py --weights $(DEMO)/train1/last.pth --source "$(DEMO_DATA)/JPEGImages/test_00000[0-7].jpg" \
 		--thresh 0.5 --project $(DEMO) --name images
 	$(PY) inference.py --weights $(DEMO)/train1/last.pth --video $(DEMO)/shapes.mp4 --thresh 0.5 --project $(DEMO) --name video
-	$(PY) utils/figures.py grid --images "$(DEMO)/images1/*.jpg" --columns 4 --out figures/demo.jpg
-	$(PY) utils/figures.py gif --video $(DEMO)/video1/shapes.mp4 --every 2 --width 320 --out figures/demo.gif
+	$(PY) -m utils.figures grid --images "$(DEMO)/images1/*.jpg" --columns 4 --out figures/demo.jpg
+	$(PY) -m utils.figures gif --video $(DEMO)/video1/shapes.mp4 --every 2 --width 320 --out figures/demo.gif
 	cp $(DEMO)/train1/results.png figures/demo_results.png
 	@echo "demo done: figures/demo.jpg, figures/demo.gif, figures/demo_results.png; runs in $(DEMO)/"
 

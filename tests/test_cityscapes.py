@@ -1,5 +1,6 @@
 """The Cityscapes -> VOC converter on a gtFine fixture with clear and foggy PNG trees."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,9 +90,29 @@ def test_rerun_is_safe(cityscapes: Path, tmp_path: Path) -> None:
     assert not list((tmp_path / "cs").rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("how", ["file", "module"])
+def test_cli_runs_from_any_directory_with_relative_paths(cityscapes: Path, tmp_path: Path, how: str) -> None:
+    """`python -m utils.prepare_cityscapes_to_voc` and the fork's `python utils/prepare_cityscapes_to_voc.py`
+    (which re-runs itself as the module) both work in the user's directory, with the user's arguments."""
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["--cityscapes-root", "../cityscapes", "--out-dir", "cs", "--foggy-out-dir", "foggy", "--beta", "0.02"]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # the repository is not on it
+    if how == "file":
+        launch = [str(ROOT / "utils" / "prepare_cityscapes_to_voc.py")]
+    else:
+        launch, env["PYTHONPATH"] = ["-m", "utils.prepare_cityscapes_to_voc"], str(ROOT)
+    result = subprocess.run([sys.executable, *launch, *args], cwd=work, env=env, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr  # the missing foggy image
+    assert "train (trainval): person 1, rider 0, car 1, truck 0, bus 1" in result.stdout
+    trainval = (work / "cs/ImageSets/Main/trainval.txt").read_text().split()
+    assert trainval == ["aachen_000000_000019", "bremen_000001_000019"]
+    assert (work / "foggy/ImageSets/Main/test.txt").read_text().split() == ["frankfurt_000000_000294"]
+
+
 def test_cli_without_gtfine_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "utils/prepare_cityscapes_to_voc.py", "--cityscapes-root", str(tmp_path)],
+        [sys.executable, "-m", "utils.prepare_cityscapes_to_voc", "--cityscapes-root", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2

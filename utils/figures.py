@@ -1,7 +1,7 @@
 """Compose figures from inference outputs: a grid of drawn images, and a GIF from a drawn video.
 
-python utils/figures.py grid --images "runs/detect/exp1/*.jpg" --columns 4 --out figures/demo.jpg
-python utils/figures.py gif --video runs/detect/exp2/clip.mp4 --out figures/demo.gif --width 360
+python -m utils.figures grid --images "runs/detect/exp1/*.jpg" --columns 4 --out figures/demo.jpg
+python -m utils.figures gif --video runs/detect/exp2/clip.mp4 --out figures/demo.gif --width 360
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ import glob
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python utils/figures.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import cv2
+from PIL import Image  # Pillow comes with matplotlib
 
-import cv2  # noqa: E402
-from PIL import Image  # noqa: E402  (Pillow comes with matplotlib)
-
-from utils.cli import run_cli  # noqa: E402
-from utils.visualization import make_grid  # noqa: E402
+from utils.cli import run_cli
+from utils.visualization import make_grid
 
 
 def write_grid(pattern: str, out: str | Path, columns: int, cell: int = 300) -> Path:

@@ -9,8 +9,10 @@ with ``Annotations/``, ``JPEGImages/`` (the PNGs, copied unchanged) and ``ImageS
 (Cityscapes train) and ``test.txt`` (Cityscapes val). Both folders share the same annotations. Rerunning is
 safe: files already in place are kept.
 
-    python utils/prepare_cityscapes_to_voc.py --cityscapes-root data/cityscapes \
+    python -m utils.prepare_cityscapes_to_voc --cityscapes-root data/cityscapes \
         --out-dir data/cityscapes_in_voc --foggy-out-dir data/foggy_cityscapes_in_voc --beta 0.02
+
+``python utils/prepare_cityscapes_to_voc.py ...``, the command ssd.pytorch's fork documents, runs the same.
 """
 
 from __future__ import annotations
@@ -18,20 +20,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python utils/prepare_cityscapes_to_voc.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__" and not __package__:
+    # Run as a file (the fork's command), Python puts utils/ on sys.path, not the repository: run this file as the
+    # module it is instead, with the same interpreter, arguments and working directory, the repository on the path.
+    _path = [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    os.execve(sys.executable, [sys.executable, "-m", "utils.prepare_cityscapes_to_voc", *sys.argv[1:]],
+              {**os.environ, "PYTHONPATH": os.pathsep.join(_path)})  # fmt: skip
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
-from data.config import CITYSCAPES_CLASSES  # noqa: E402
-from data.voc import write_voc_annotation  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from data.config import CITYSCAPES_CLASSES
+from data.voc import write_voc_annotation
+from utils.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
