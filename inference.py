@@ -44,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", default=None, help="image, folder, glob, video file or webcam index")
     parser.add_argument("--image", default=None, help="an image file (same as --source)")
     parser.add_argument("--video", default=None, help="a video file (same as --source)")
-    add_weights_flag(parser, onnx=True)
+    add_weights_flag(parser)
     add_dataset_flags(parser, "test")
     add_raw_weights_flags(parser)
     parser.add_argument("--thresh", type=float, default=0.5, help="display threshold on the score")

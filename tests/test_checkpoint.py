@@ -178,3 +178,56 @@ def test_convert_cli_reports_a_missing_file_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: weights file {tmp_path / 'vgg16.pth'} does not exist; check the path (see README, 'Weights')"
     ]
+
+
+def test_detector_info_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    from layers.detection import DetectSettings
+    from utils.augmentations import PIXEL_NORMS
+    from utils.checkpoint import DetectorInfo, load_detector, save_checkpoint
+
+    model = build_ssd(300, 3, priors="COCO", width=0.125, batch_norm=True)
+    info = DetectorInfo(model.config, ("cat", "dog"), PIXEL_NORMS["torchvision"], DetectSettings(0.001, 0.55, 300, 300))
+    save_checkpoint(tmp_path / "m.pth", model, info, epoch=4)
+    loaded, loaded_info = load_detector(tmp_path / "m.pth")
+    assert loaded_info == info and not loaded.training
+    assert read_checkpoint(tmp_path / "m.pth")["epoch"] == 4
+    assert_loaded(loaded, model.state_dict())
+    with pytest.raises(ValueError, match="3 class names for a network with 2 classes"):
+        DetectorInfo(model.config, ("a", "b", "c"))
+
+
+def test_older_checkpoints_load_with_the_defaults_they_predate(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:
+    from layers.detection import DetectSettings
+    from ssd import model_config_to_dict
+    from utils.augmentations import Preprocess
+    from utils.checkpoint import RawWeights, load_detector
+
+    model = build_ssd(300, 21)
+    # This project's format before the Detect settings were stored, as train.py wrote it then.
+    torch.save({"model": dict(ssd_pytorch_state), "model_config": model_config_to_dict(model.config),
+                "class_names": [f"c{i}" for i in range(20)]}, tmp_path / "old.pth")  # fmt: skip
+    loaded, info = load_detector(tmp_path / "old.pth")
+    assert info.postprocess == DetectSettings() and info.preprocess == Preprocess()
+    assert info.class_names[0] == "c0"
+    assert_loaded(loaded, ssd_pytorch_state)
+    # A raw ssd.pytorch state_dict takes what the flags say it is.
+    torch.save(ssd_pytorch_state, tmp_path / "raw.pth")
+    loaded, info = load_detector(tmp_path / "raw.pth")
+    assert info.class_names[0] == "aeroplane" and info.config == model.config
+    assert_loaded(loaded, ssd_pytorch_state)
+    with pytest.raises(ValueError, match="conf.0.weight: file \\(84, 512, 3, 3\\) vs model \\(36, 512, 3, 3\\)"):
+        load_detector(tmp_path / "raw.pth", raw=RawWeights(300, tuple("abcdefgh"), "COCO"))
+
+
+def test_predictor_uses_the_checkpoints_detect_settings(tmp_path: Path) -> None:
+    from layers.detection import DetectSettings
+    from utils.checkpoint import DetectorInfo, save_checkpoint
+    from utils.predict import Predictor, load_runner
+
+    model = build_ssd(300, 3, width=0.125)
+    settings = DetectSettings(0.2, 0.3, 50, 7)
+    save_checkpoint(tmp_path / "m.pth", model, DetectorInfo(model.config, ("a", "b"), postprocess=settings))
+    predictor = Predictor(load_runner(tmp_path / "m.pth", torch.device("cpu")))
+    assert predictor.settings == settings and predictor.detect.keep_top_k == 7 and predictor.detect.conf_thresh == 0.2
+    override = Predictor(predictor.runner, settings.override(top_k=10))
+    assert override.detect.top_k == 10 and override.detect.nms_thresh == 0.3

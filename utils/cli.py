@@ -128,10 +128,10 @@ def _dataset_name(text: str) -> str:
     return next((name for name in DATASET_NAMES if name.lower() == text.lower()), text)
 
 
-def add_weights_flag(parser: argparse.ArgumentParser, onnx: bool = False, required: bool = False) -> None:
-    kinds = "a checkpoint of this project or an ssd.pytorch state_dict" + (", or an exported .onnx file" if onnx else "")
-    parser.add_argument("--weights", "--trained_model", dest="weights", required=required,
-                        default=None if required else DEFAULT_WEIGHTS, help=kinds)  # fmt: skip
+def add_weights_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", "--trained_model", dest="weights", default=DEFAULT_WEIGHTS,
+                        help="a checkpoint of this project or an ssd.pytorch state_dict (inference.py: also an "
+                             "exported .onnx file)")  # fmt: skip
 
 
 def add_dataset_flags(parser: argparse.ArgumentParser, split: str, root_required: bool = False) -> None:
@@ -181,6 +181,10 @@ def add_run_flags(parser: argparse.ArgumentParser, project: str) -> None:
     """Where outputs go (``<project>/<name><N>``) and how much is logged."""
     parser.add_argument("--project", default=project, help="outputs go to <project>/<name><N>")
     parser.add_argument("--name", default="exp")
+    add_verbose_flag(parser)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 

@@ -28,6 +28,7 @@ from utils.cli import (
     add_dataset_flags,
     add_hyphen_aliases,
     add_raw_weights_flags,
+    add_verbose_flag,
     add_weights_flag,
     dataset_preset,
     make_parser,
@@ -129,7 +130,7 @@ def check_onnx(model: SSD, info: DetectorInfo, path: str | Path, batch: Tensor) 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = make_parser("Export an SSD to ONNX or TorchScript.")
-    add_weights_flag(parser, required=True)
+    add_weights_flag(parser)
     parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     add_dataset_flags(parser, "test")
     add_raw_weights_flags(parser)
@@ -137,6 +138,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="export boxes and softmax scores instead of raw (loc, conf)")  # fmt: skip
     parser.add_argument("--output", default=None,
                         help="output file (default: the weights path with .onnx / .torchscript.pt)")  # fmt: skip
+    add_verbose_flag(parser)
     return add_hyphen_aliases(parser)
 
 

@@ -8,12 +8,10 @@ from pathlib import Path
 import torch
 
 
-def increment_run_dir(project: str | Path, name: str = "exp", exist_ok: bool = False) -> Path:
+def increment_run_dir(project: str | Path, name: str = "exp") -> Path:
     """Create and return ``project/name<N>`` with N one more than the largest existing (from 1)."""
     project = Path(project)
     project.mkdir(parents=True, exist_ok=True)
-    if exist_ok and (project / name).is_dir():
-        return project / name
     pattern = re.compile(rf"^{re.escape(name)}(\d+)$")
     numbers = [int(m.group(1)) for p in project.iterdir() if (m := pattern.match(p.name))]
     path = project / f"{name}{max(numbers, default=0) + 1}"
