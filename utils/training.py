@@ -329,7 +329,7 @@ class Trainer:
         if self.test_dataset is None:
             return None
         metric = self.args.eval_metric or default_metric(self.preset.name)
-        predictor = Predictor.for_model(self.model, self.info, amp=self.args.amp)
+        predictor = Predictor.for_model(self.model, self.info)
         result = evaluate(predictor, self.test_dataset, self.args.eval_batch_size, self.args.num_workers, metric,
                           progress=False)  # fmt: skip
         return {"map": result["map"], "ap": result["ap"]}
