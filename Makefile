@@ -26,7 +26,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf $(DEMO)
-	$(PY) -m data.shapes --out $(DEMO_DATA) --train 2000 --test 300 --seed 0 --video $(DEMO)/shapes.mp4 --frames 48
+	$(PY) -m data.shapes --out $(DEMO_DATA) --overwrite --train 2000 --test 300 --seed 0 --video $(DEMO)/shapes.mp4 --frames 48
 	$(PY) train.py $(DEMO_TRAIN) --project $(DEMO) --name train
 	$(PY) eval.py --weights $(DEMO)/train1/last.pth --dataset Shapes --dataset_root $(DEMO_DATA) --num_workers 2 \
 		--project $(DEMO) --name eval
@@ -39,7 +39,7 @@ demo: $(STAMP)
 	@echo "demo done: figures/demo.jpg, figures/demo.gif, figures/demo_results.png; runs in $(DEMO)/"
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf runs .pytest_cache

@@ -4,22 +4,16 @@ The baseline is the classic implementation (ssd.pytorch's structure): float32 im
 pass, HSV on the whole image, the whole expand canvas built then cropped. It makes the same random choices
 (same modes, Caffe's IoU test), so both do the same augmentation.
 
-    python benchmarks/bench_augmentation.py --threads 1
+    python -m benchmarks.bench_augmentation --threads 1
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import cv2
+import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
-from utils.augmentations import SSDAugmentation  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup
+from utils.augmentations import SSDAugmentation
 
 
 class PerStepAugmentation:

@@ -2,77 +2,25 @@
 
 The inputs are SSD300 outputs for 21 classes with background-heavy logits, so that about 300 priors per
 class pass the 0.01 threshold, as a trained model gives. The baseline is ssd.pytorch's structure: for each
-image and class, threshold, take the top_k, then greedy NMS in a Python loop. Both sides use the same
+image and class, threshold, take the top_k, then greedy NMS in a Python loop (tests.reference.plain_detect, the
+loop the tests check Detect against). Both sides use the same
 settings and are checked to find the same detections: Caffe's (top 400 per class, 200 per image; Detect's
 defaults), and ssd.pytorch's (top 200 per class, no cap per image).
 
-    python benchmarks/bench_detect.py --batch 1
+    python -m benchmarks.bench_detect --batch 1
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
-from layers.prior_box import prior_config  # noqa: E402
-from layers.box_utils import decode  # noqa: E402
-from layers.detection import Detect  # noqa: E402
-from layers.prior_box import prior_boxes  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup
+from layers.detection import Detect
+from layers.prior_box import prior_boxes, prior_config
+from tests.reference import plain_detect
 
 
-def loop_nms(boxes: torch.Tensor, scores: torch.Tensor, overlap: float = 0.45, top_k: int = 200) -> list[int]:
-    """Greedy NMS, one box at a time (ssd.pytorch's nms)."""
-    x1, y1, x2, y2 = boxes.unbind(1)
-    area = (x2 - x1) * (y2 - y1)
-    order = scores.argsort()[-top_k:]
-    keep = []
-    while order.numel() > 0:
-        i = order[-1]
-        keep.append(int(i))
-        order = order[:-1]
-        if order.numel() == 0:
-            break
-        xx1, yy1 = x1[order].clamp(min=x1[i]), y1[order].clamp(min=y1[i])
-        xx2, yy2 = x2[order].clamp(max=x2[i]), y2[order].clamp(max=y2[i])
-        inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
-        iou = inter / (area[order] - inter + area[i])
-        order = order[iou <= overlap]
-    return keep
-
-
-def loop_detect(
-    loc: torch.Tensor,
-    conf: torch.Tensor,
-    priors: torch.Tensor,
-    conf_thresh: float = 0.01,
-    top_k: int = 400,
-    keep_top_k: int | None = 200,
-) -> list[list[tuple[int, torch.Tensor, torch.Tensor]]]:
-    """Per image and class: threshold, loop NMS on the top_k; then the image's keep_top_k best (Caffe's settings
-    by default, as Detect's)."""
-    out = []
-    scores = conf.softmax(-1)
-    for i in range(loc.shape[0]):
-        boxes = decode(loc[i], priors)
-        per_image = []
-        for cl in range(1, conf.shape[-1]):
-            mask = scores[i, :, cl] > conf_thresh
-            if mask.any():
-                cls_boxes, cls_scores = boxes[mask], scores[i, mask, cl]
-                for k in loop_nms(cls_boxes, cls_scores, top_k=top_k):
-                    per_image.append((cl, cls_boxes[k], cls_scores[k]))
-        per_image.sort(key=lambda item: -float(item[2]))
-        out.append(per_image[:keep_top_k])
-    return out
-
-
-def same_detections(loop: list[list[tuple[int, torch.Tensor, torch.Tensor]]], batched: list[dict]) -> bool:
+def same_detections(loop: list[list[tuple[float, int, list[float]]]], batched: list[dict]) -> bool:
     """Whether the loop and Detect found the same detections: per image, the same scores in each class. (Two
     near-equal scores may come out in either order: a GPU's softmax can differ from a CPU's in the last bit.)"""
 
@@ -86,8 +34,8 @@ def same_detections(loop: list[list[tuple[int, torch.Tensor, torch.Tensor]]], ba
             return False
         if not per_image:
             continue
-        loop_labels = torch.tensor([cl for cl, _, _ in per_image])
-        loop_scores = torch.stack([s for _, _, s in per_image]).cpu()
+        loop_labels = torch.tensor([label for _, label, _ in per_image])
+        loop_scores = torch.tensor([score for score, _, _ in per_image])
         labels_a, scores_a = by_class(loop_labels, loop_scores)
         labels_b, scores_b = by_class(result["labels"].cpu(), result["scores"].cpu())
         if not (torch.equal(labels_a, labels_b) and torch.allclose(scores_a, scores_b)):
@@ -114,13 +62,13 @@ def main() -> None:
     passing = (conf.softmax(-1)[..., 1:] > 0.01).sum(1).float().mean().item()
     detect, ssd_pytorch_detect = Detect(21), Detect(21, top_k=200, keep_top_k=None)
     for settings, fast in (({}, detect), ({"top_k": 200, "keep_top_k": None}, ssd_pytorch_detect)):
-        if not same_detections(loop_detect(loc, conf, priors, **settings), fast(loc, conf, priors)):
+        if not same_detections(plain_detect(loc, conf, priors, **settings), fast(loc, conf, priors)):
             raise SystemExit(f"error: Detect and the loop disagree with settings {settings or 'Caffe'}")
     results = measure(
         {
-            "per-class loop NMS": lambda: loop_detect(loc, conf, priors),
+            "per-class loop NMS": lambda: plain_detect(loc, conf, priors),
             "Detect": lambda: detect(loc, conf, priors),
-            "loop, ssd.pytorch settings": lambda: loop_detect(loc, conf, priors, top_k=200, keep_top_k=None),
+            "loop, ssd.pytorch settings": lambda: plain_detect(loc, conf, priors, top_k=200, keep_top_k=None),
             "Detect, ssd.pytorch settings": lambda: ssd_pytorch_detect(loc, conf, priors),
         },
         rounds=args.rounds, warmup=args.warmup, number=args.number, device=device,

@@ -2,30 +2,25 @@
 
 Baselines: torchvision's ssd300_vgg16 called on the image (its own resize/normalise, network and
 post-processing with the same settings: score 0.01, NMS 0.45, 400 candidates, 200 per image), and a plain
-pipeline of an eager NCHW forward and the per-class loop NMS. All networks have random weights, so every
+pipeline of an eager NCHW forward and the per-class loop NMS (tests.reference.plain_detect). All networks have random weights, so every
 pipeline does the NMS work of an untrained model (many candidates): an upper bound on post-processing.
 
-    python benchmarks/bench_end_to_end.py --batch 1
+    python -m benchmarks.bench_end_to_end --batch 1
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.bench_detect import loop_detect  # noqa: E402
-from benchmarks.common import get_args_parser, measure, report, setup  # noqa: E402
-from layers.detection import Detect  # noqa: E402
-from ssd import build_ssd  # noqa: E402
-from utils.augmentations import BaseTransform  # noqa: E402
-from utils.runtime import InferenceModel  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup
+from layers.detection import Detect
+from ssd import build_ssd
+from tests.reference import plain_detect
+from utils.augmentations import BaseTransform
+from utils.runtime import InferenceModel
 
 
 def main() -> None:
@@ -50,7 +45,7 @@ def main() -> None:
     def plain_pipeline() -> None:
         with torch.no_grad():
             loc, conf = plain(preprocess().to(device))
-            loop_detect(loc, conf, plain.priors)
+            plain_detect(loc, conf, plain.priors)
 
     from torchvision.models.detection import ssd300_vgg16
 

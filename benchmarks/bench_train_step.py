@@ -1,37 +1,25 @@
 """(e) one training step (forward, MultiBoxLoss, backward, SGD) at --batch, images/s.
 
-The baseline is a plain eager step: NCHW tensors and ssd.pytorch's per-image-loop matching. The candidate
+The baseline is a plain eager step: NCHW tensors and ssd.pytorch's per-image-loop matching
+(tests.reference.plain_multibox_loss). The candidate
 is train.py's step: channels_last and the batched MultiBoxLoss; with --amp also in mixed precision (float16
 on a GPU, bfloat16 on a CPU), as train.py --amp. --width 0.125 --batch_norm measures the small network used
 for CPU runs.
 
-    python benchmarks/bench_train_step.py --batch 8
-    python benchmarks/bench_train_step.py --batch 8 --width 0.125 --batch_norm
-    python benchmarks/bench_train_step.py --batch 8 --profile     # where the step's time goes
+    python -m benchmarks.bench_train_step --batch 8
+    python -m benchmarks.bench_train_step --batch 8 --width 0.125 --batch_norm
+    python -m benchmarks.bench_train_step --batch 8 --profile     # where the step's time goes
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import torch  # noqa: E402
-
-from benchmarks.bench_loss import loop_matching_loss  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    get_args_parser,
-    measure,
-    report,
-    setup,
-    synchronize,
-    without_cudnn_autotuner,
-)
-from layers.multibox_loss import MultiBoxLoss  # noqa: E402
-from ssd import build_ssd  # noqa: E402
-from utils.runtime import mixed_precision_dtype  # noqa: E402
+from benchmarks.common import get_args_parser, measure, report, setup, synchronize, without_cudnn_autotuner
+from layers.multibox_loss import MultiBoxLoss
+from ssd import build_ssd
+from tests.reference import plain_multibox_loss
+from utils.runtime import mixed_precision_dtype
 
 
 def main() -> None:
@@ -65,11 +53,9 @@ def main() -> None:
         def step() -> None:
             with torch.autocast(device.type, dtype=dtype, enabled=amp):
                 loc, conf = model(batch)
-            if channels_last:
-                loss_l, loss_c = criterion(loc.float(), conf.float(), model.priors, targets)
-                loss = loss_l + loss_c
-            else:
-                loss = loop_matching_loss(loc.float(), conf.float(), model.priors, targets)
+            loss_fn = criterion if channels_last else plain_multibox_loss
+            loss_l, loss_c = loss_fn(loc.float(), conf.float(), model.priors, targets)
+            loss = loss_l + loss_c
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -1,7 +1,7 @@
 """Run every benchmark and gather their JSON results in runs/bench/all.json.
 
-python benchmarks/run_all.py            # CPU, all cores
-python benchmarks/run_all.py --device cuda
+python -m benchmarks.run_all            # CPU, all cores
+python -m benchmarks.run_all --device cuda
 """
 
 from __future__ import annotations
@@ -13,30 +13,30 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# (script, extra arguments); each writes runs/bench/<name>.json
+# (module in benchmarks/, extra arguments); each writes runs/bench/<name>.json
 SUITE = [
-    ("bench_forward.py", ["--batch", "1", "--amp"]),
-    ("bench_forward.py", ["--batch", "8", "--rounds", "3"]),
-    ("bench_end_to_end.py", ["--batch", "1", "--amp"]),
-    ("bench_end_to_end.py", ["--batch", "8", "--rounds", "3"]),
-    ("bench_detect.py", ["--batch", "1"]),
-    ("bench_loss.py", ["--batch", "32"]),
-    ("bench_train_step.py", ["--batch", "8", "--amp"]),
-    ("bench_train_step.py", ["--batch", "8", "--width", "0.125", "--batch_norm"]),
-    ("bench_augmentation.py", []),
-    ("bench_voc_eval.py", []),
+    ("bench_forward", ["--batch", "1", "--amp"]),
+    ("bench_forward", ["--batch", "8", "--rounds", "3"]),
+    ("bench_end_to_end", ["--batch", "1", "--amp"]),
+    ("bench_end_to_end", ["--batch", "8", "--rounds", "3"]),
+    ("bench_detect", ["--batch", "1"]),
+    ("bench_loss", ["--batch", "32"]),
+    ("bench_train_step", ["--batch", "8", "--amp"]),
+    ("bench_train_step", ["--batch", "8", "--width", "0.125", "--batch_norm"]),
+    ("bench_augmentation", []),
+    ("bench_voc_eval", []),
+    ("bench_page_faults", []),  # a diagnostic: what utils.cli.keep_freed_memory saves
 ]
 # On a GPU: the issue's figures (inference FPS at batch 1 and 8, training images/s at batch 32, all with AMP).
 # Augmentation and the VOC metric run on the CPU whatever the device, so the CPU suite covers them.
 CUDA_SUITE = [
-    ("bench_forward.py", ["--batch", "1", "--amp"]),
-    ("bench_forward.py", ["--batch", "8", "--amp", "--no_compile"]),
-    ("bench_end_to_end.py", ["--batch", "1", "--amp"]),
-    ("bench_end_to_end.py", ["--batch", "8", "--amp", "--rounds", "3"]),  # its loop baseline: ~11 s a call
-    ("bench_detect.py", ["--batch", "1"]),
-    ("bench_loss.py", ["--batch", "32"]),
-    ("bench_train_step.py", ["--batch", "32", "--amp"]),
+    ("bench_forward", ["--batch", "1", "--amp"]),
+    ("bench_forward", ["--batch", "8", "--amp", "--no_compile"]),
+    ("bench_end_to_end", ["--batch", "1", "--amp"]),
+    ("bench_end_to_end", ["--batch", "8", "--amp", "--rounds", "3"]),  # its loop baseline: ~11 s a call
+    ("bench_detect", ["--batch", "1"]),
+    ("bench_loss", ["--batch", "32"]),
+    ("bench_train_step", ["--batch", "32", "--amp"]),
 ]
 
 
@@ -47,13 +47,14 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     gathered, failed = {}, []
-    for script, extra in CUDA_SUITE if args.device == "cuda" else SUITE:
-        name = f"{Path(script).stem}{'_' + '_'.join(a.lstrip('-') for a in extra) if extra else ''}"
+    for module, extra in CUDA_SUITE if args.device == "cuda" else SUITE:
+        name = f"{module}{'_' + '_'.join(a.lstrip('-') for a in extra) if extra else ''}"
         out = args.out / f"{name}.json"
-        command = [sys.executable, str(HERE / script), *extra, "--out", str(out)]
-        if script != "bench_augmentation.py":  # the augmentation benchmark is a one-core CPU measurement
+        # The children find benchmarks/ as this process did (`python -m benchmarks.run_all` in the repository).
+        command = [sys.executable, "-m", f"benchmarks.{module}", *extra, "--out", str(out)]
+        if module != "bench_augmentation":  # the augmentation benchmark is a one-core CPU measurement
             command += ["--device", args.device]
-        print(f"$ {' '.join(command[1:])}", flush=True)
+        print(f"$ python {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
         if subprocess.run(command).returncode != 0:
             failed.append(name)

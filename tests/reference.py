@@ -1,7 +1,8 @@
-"""Plain, loop-based reference implementations of ssd.pytorch's semantics, for comparison in the tests.
+"""Plain, loop-based reference implementations of ssd.pytorch's and py-faster-rcnn's semantics.
 
-They are deliberately simple (a loop per image, per class, per box) and share no code with the project
-beyond what they are handed.
+The tests compare the project's batched code with them, and the benchmarks time them as the baselines (they
+keep those projects' structure: a loop per image, per class, per kept box or per detection). They share no
+code with the project beyond what they are handed.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from torch import Tensor
 
 
 def plain_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of xyxy boxes a [N, 4] and b [M, 4], one row of a at a time."""
-    rows = []
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    for box in a:
-        w = (torch.minimum(box[2], b[:, 2]) - torch.maximum(box[0], b[:, 0])).clamp(min=0)
-        h = (torch.minimum(box[3], b[:, 3]) - torch.maximum(box[1], b[:, 1])).clamp(min=0)
-        inter = w * h
-        area_a = (box[2] - box[0]) * (box[3] - box[1])
-        rows.append(inter / (area_a + area_b - inter))
-    return torch.stack(rows) if rows else a.new_zeros(0, b.shape[0])
+    """IoU of xyxy boxes a [N, 4] and b [M, 4] -> [N, M], as ssd.pytorch's jaccard: [N, M, 2] corners."""
+    max_xy = torch.min(a[:, None, 2:].expand(-1, b.shape[0], 2), b[None, :, 2:].expand(a.shape[0], -1, 2))
+    min_xy = torch.max(a[:, None, :2].expand(-1, b.shape[0], 2), b[None, :, :2].expand(a.shape[0], -1, 2))
+    wh = (max_xy - min_xy).clamp(min=0)
+    inter = wh[:, :, 0] * wh[:, :, 1]
+    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
+    area_b = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :]
+    return inter / (area_a + area_b - inter)
 
 
 def plain_point_form(priors: Tensor) -> Tensor:
@@ -47,15 +46,13 @@ def plain_match(target: Tensor, priors: Tensor, threshold: float = 0.5) -> tuple
     """ssd.pytorch's match() for one image; target [N, 5]. An empty image is all background."""
     num_priors = priors.shape[0]
     if target.shape[0] == 0:
-        return priors.new_zeros(num_priors, 4), torch.zeros(num_priors, dtype=torch.long)
+        return priors.new_zeros(num_priors, 4), torch.zeros(num_priors, dtype=torch.long, device=priors.device)
     truths, labels = target[:, :4], target[:, 4].long()
     overlaps = plain_iou(truths, plain_point_form(priors))
     best_prior_idx = overlaps.argmax(1)
     best_truth_overlap, best_truth_idx = overlaps.max(0)
-    best_truth_overlap = best_truth_overlap.clone()
-    best_truth_idx = best_truth_idx.clone()
+    best_truth_overlap.index_fill_(0, best_prior_idx, 2.0)
     for j in range(truths.shape[0]):  # later truths overwrite earlier ones, as in ssd.pytorch
-        best_truth_overlap[best_prior_idx[j]] = 2.0
         best_truth_idx[best_prior_idx[j]] = j
     conf = labels[best_truth_idx] + 1
     conf[best_truth_overlap < threshold] = 0
@@ -65,48 +62,56 @@ def plain_match(target: Tensor, priors: Tensor, threshold: float = 0.5) -> tuple
 def plain_multibox_loss(
     loc: Tensor, conf: Tensor, priors: Tensor, targets: list[Tensor], neg_pos_ratio: int = 3, empty_negatives: int = 100
 ) -> tuple[Tensor, Tensor]:
-    """ssd.pytorch's MultiBoxLoss with the mask bug fixed, one image at a time."""
-    loss_l = loc.new_zeros(())
-    loss_c = loc.new_zeros(())
-    total_pos = 0
-    num_priors = priors.shape[0]
-    for i, target in enumerate(targets):
-        loc_t, conf_t = plain_match(target, priors)
-        pos = conf_t > 0
-        npos = int(pos.sum())
-        total_pos += npos
-        if npos:
-            loss_l = loss_l + F.smooth_l1_loss(loc[i][pos], loc_t[pos], reduction="sum")
-        ce = F.cross_entropy(conf[i], conf_t, reduction="none")
-        mining = ce.detach().clone()
-        mining[pos] = 0.0
-        num_neg = min(neg_pos_ratio * npos if npos else empty_negatives, num_priors - 1)
-        order = torch.sort(mining, descending=True).indices.tolist()
-        chosen = torch.zeros(num_priors, dtype=torch.bool)
-        for p in order[:num_neg]:
-            chosen[p] = True
-        loss_c = loss_c + ce[chosen | pos].sum()
-    total = max(total_pos, 1)
+    """ssd.pytorch's MultiBoxLoss with its mask bug fixed: match() image by image, then smooth-L1 on the positives
+    and cross-entropy on them and each image's ``neg_pos_ratio`` hardest negatives per positive (ranked by a double
+    sort; ``empty_negatives`` in an image without positives), both divided by the number of positives."""
+    matched = [plain_match(target, priors) for target in targets]
+    loc_t = torch.stack([loc_target for loc_target, _ in matched])  # [B, P, 4]
+    conf_t = torch.stack([conf_target for _, conf_target in matched])  # [B, P]
+    pos = conf_t > 0
+    num_pos = pos.sum(1, keepdim=True)  # [B, 1]
+    loss_l = F.smooth_l1_loss(loc[pos], loc_t[pos], reduction="sum")
+    ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), conf_t.reshape(-1), reduction="none").view(conf_t.shape)
+    mining = ce.detach().masked_fill(pos, 0.0)
+    rank = mining.argsort(1, descending=True).argsort(1)  # [B, P] each prior's place in its image's ranking
+    num_neg = torch.where(num_pos > 0, neg_pos_ratio * num_pos, empty_negatives).clamp(max=priors.shape[0] - 1)
+    loss_c = ce[pos | (rank < num_neg)].sum()
+    total = max(int(num_pos.sum()), 1)
     return loss_l / total, loss_c / total
 
 
-def plain_nms(boxes: Tensor, scores: Tensor, threshold: float) -> list[int]:
-    """Greedy NMS, highest score first; drops boxes with IoU > threshold against a kept one."""
-    order = torch.argsort(scores, descending=True).tolist()
+def plain_nms(boxes: Tensor, scores: Tensor, threshold: float, top_k: int | None = None) -> list[int]:
+    """ssd.pytorch's nms: among the ``top_k`` best scores, keep the best remaining box and drop the boxes whose
+    IoU with it exceeds ``threshold``, one kept box at a time. Returns the kept indices, best first."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    order = scores.argsort()  # ascending: the best box is last
+    order = order[-top_k:] if top_k is not None else order
     keep = []
-    while order:
-        best = order.pop(0)
-        keep.append(best)
-        if order:
-            ious = plain_iou(boxes[best : best + 1], boxes[order])[0]
-            order = [o for o, v in zip(order, ious.tolist(), strict=True) if v <= threshold]
+    while order.numel() > 0:
+        best, order = order[-1], order[:-1]
+        keep.append(int(best))
+        inter_w = (x2[order].clamp(max=x2[best]) - x1[order].clamp(min=x1[best])).clamp(min=0)
+        inter_h = (y2[order].clamp(max=y2[best]) - y1[order].clamp(min=y1[best])).clamp(min=0)
+        inter = inter_w * inter_h
+        order = order[inter / (area[order] - inter + area[best]) <= threshold]
     return keep
 
 
 def plain_detect(
-    loc: Tensor, conf: Tensor, priors: Tensor, conf_thresh: float, nms_thresh: float, top_k: int, keep_top_k: int | None
+    loc: Tensor,
+    conf: Tensor,
+    priors: Tensor,
+    conf_thresh: float = 0.01,
+    nms_thresh: float = 0.45,
+    top_k: int = 400,
+    keep_top_k: int | None = 200,
 ) -> list[list[tuple[float, int, list[float]]]]:
-    """Per image, per class loop: threshold, top-k, NMS; then sort by score and cap at keep_top_k."""
+    """Per image, per class loop: threshold, NMS on the top_k; then sort by score and cap at keep_top_k (Caffe
+    SSD's settings by default, as Detect's; ssd.pytorch's are top_k=200, keep_top_k=None).
+
+    Returns, per image, ``(score, label, xyxy box)`` tuples, best first; labels count from 1 (0 is background).
+    """
     results = []
     for i in range(loc.shape[0]):
         boxes = plain_decode(loc[i], priors)
@@ -115,10 +120,9 @@ def plain_detect(
         for cl in range(1, conf.shape[-1]):
             mask = scores[:, cl] > conf_thresh
             cls_scores, cls_boxes = scores[mask, cl], boxes[mask]
-            top = torch.argsort(cls_scores, descending=True)[:top_k]
-            cls_scores, cls_boxes = cls_scores[top], cls_boxes[top]
-            for k in plain_nms(cls_boxes, cls_scores, nms_thresh):
-                found.append((float(cls_scores[k]), cl, cls_boxes[k].tolist()))
+            keep = plain_nms(cls_boxes, cls_scores, nms_thresh, top_k)
+            kept_scores, kept_boxes = cls_scores[keep].tolist(), cls_boxes[keep].tolist()
+            found += [(score, cl, box) for score, box in zip(kept_scores, kept_boxes, strict=True)]
         found.sort(key=lambda item: -item[0])
         results.append(found[:keep_top_k] if keep_top_k is not None else found)
     return results
@@ -215,7 +219,8 @@ def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str,
 
 def loop_voc_eval(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficults, cls, iou_thresh=0.5,
                   use_07_metric=True, pixel_offset=1.0, detection_shift=0.0, via_results_file=False):  # fmt: skip
-    """py-faster-rcnn's voc_eval for one class: a Python loop over ranked detections (the classic version).
+    """py-faster-rcnn's voc_eval for one class: rank the class's detections, then a Python loop over them, each
+    compared with its image's ground truth of the class (numpy over those boxes).
 
     Detections are listed image by image, as in a results file, and ranked with a stable sort (the devkit's
     MATLAB sort). With ``via_results_file`` each detection goes through ssd.pytorch's results-file line
@@ -228,39 +233,37 @@ def loop_voc_eval(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_
     npos = 0
     for i, (boxes, labels, difficult) in enumerate(zip(gt_boxes, gt_labels, gt_difficults, strict=True)):
         keep = labels == cls
-        recs[i] = {"bbox": boxes[keep], "difficult": difficult[keep], "det": [False] * int(keep.sum())}
+        recs[i] = {"bbox": boxes[keep], "difficult": difficult[keep], "det": np.zeros(int(keep.sum()), bool)}
         npos += int((~difficult[keep]).sum())
-    image_ids, confidence, bbs = [], [], []
+    image_ids, confidence, bbs = [], [np.zeros(0)], [np.zeros((0, 4))]
     for i, (boxes, labels, scores) in enumerate(zip(pred_boxes, pred_labels, pred_scores, strict=True)):
-        for box, label, score in zip(boxes, labels, scores, strict=True):
-            if label == cls:
-                image_ids.append(i)
-                if via_results_file:
-                    line = "{:.3f} {:.1f} {:.1f} {:.1f} {:.1f}".format(score, *(box + detection_shift))
-                    values = [float(v) for v in line.split()]
-                    confidence.append(values[0])
-                    bbs.append(np.array(values[1:]))
-                else:
-                    confidence.append(score)
-                    bbs.append(box + detection_shift)
-    order = sorted(range(len(confidence)), key=lambda k: -confidence[k])  # Python's sort is stable
+        keep = labels == cls
+        image_ids += [i] * int(keep.sum())
+        confidence.append(np.asarray(scores, np.float64)[keep])
+        bbs.append(np.asarray(boxes, np.float64).reshape(-1, 4)[keep] + detection_shift)
+    confidence, bbs = np.concatenate(confidence), np.concatenate(bbs)
+    if via_results_file:
+        lines = ["{:.3f} {:.1f} {:.1f} {:.1f} {:.1f}".format(*row) for row in np.column_stack([confidence, bbs])]
+        values = np.array([[float(v) for v in line.split()] for line in lines]).reshape(-1, 5)
+        confidence, bbs = values[:, 0], values[:, 1:]
+    order = np.argsort(-confidence, kind="stable")
     tp = np.zeros(len(order))
     fp = np.zeros(len(order))
     for d, k in enumerate(order):
         rec = recs[image_ids[k]]
-        bb = bbs[k]
-        ovmax, jmax = -np.inf, -1
-        for j, gt in enumerate(rec["bbox"]):
-            iw = max(min(gt[2], bb[2]) - max(gt[0], bb[0]) + pixel_offset, 0.0)
-            ih = max(min(gt[3], bb[3]) - max(gt[1], bb[1]) + pixel_offset, 0.0)
-            inter = iw * ih
+        bb, gt = bbs[k], rec["bbox"]
+        ovmax = -np.inf
+        if gt.size > 0:
+            iw = np.maximum(np.minimum(gt[:, 2], bb[2]) - np.maximum(gt[:, 0], bb[0]) + pixel_offset, 0.0)
+            ih = np.maximum(np.minimum(gt[:, 3], bb[3]) - np.maximum(gt[:, 1], bb[1]) + pixel_offset, 0.0)
+            inters = iw * ih
             union = (
                 (bb[2] - bb[0] + pixel_offset) * (bb[3] - bb[1] + pixel_offset)
-                + (gt[2] - gt[0] + pixel_offset) * (gt[3] - gt[1] + pixel_offset)
-                - inter
+                + (gt[:, 2] - gt[:, 0] + pixel_offset) * (gt[:, 3] - gt[:, 1] + pixel_offset)
+                - inters
             )
-            if inter / union > ovmax:
-                ovmax, jmax = inter / union, j
+            overlaps = inters / union
+            ovmax, jmax = overlaps.max(), overlaps.argmax()
         if ovmax > iou_thresh:
             if not rec["difficult"][jmax]:
                 if not rec["det"][jmax]:
