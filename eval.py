@@ -17,6 +17,7 @@ from data.build import build_dataset
 from layers.detection import SSD_PYTORCH_SETTINGS
 from utils.checkpoint import load_detector, require_classes
 from utils.cli import (
+    POSITIVE_INT,
     add_dataset_flags,
     add_detect_flags,
     add_device_flags,
@@ -25,6 +26,7 @@ from utils.cli import (
     add_run_flags,
     add_weights_flag,
     add_workers_flag,
+    bounded,
     dataset_preset,
     detect_settings,
     make_parser,
@@ -47,9 +49,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=METRICS, default=None, help="default: coco for COCO, else voc07")
     parser.add_argument("--ssd_pytorch", action="store_true",
                         help="score as ssd.pytorch's eval.py did (continuous IoU, detections 1 px off; Detect top_k 200, no cap)")  # fmt: skip
-    parser.add_argument("--iou_thresh", type=float, default=0.5, help="IoU at which a detection matches")
+    parser.add_argument("--iou_thresh", type=bounded(float, 0, 1, low_open=True), default=0.5, help="IoU at which a detection matches")
     add_detect_flags(parser)
-    parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="images per forward pass")
     add_workers_flag(parser)
     add_device_flags(parser)
     add_run_flags(parser, "runs/eval")

@@ -20,6 +20,8 @@ import cv2
 
 from data.build import build_dataset
 from utils.cli import (
+    NON_NEGATIVE_FLOAT,
+    POSITIVE_INT,
     add_dataset_flags,
     add_detect_flags,
     add_device_flags,
@@ -47,9 +49,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_weights_flag(parser)
     add_dataset_flags(parser, "test")
     add_raw_weights_flags(parser)
-    parser.add_argument("--thresh", type=float, default=0.5, help="display threshold on the score")
+    parser.add_argument("--thresh", type=NON_NEGATIVE_FLOAT, default=0.5, help="display threshold on the score")
     add_detect_flags(parser)
-    parser.add_argument("--batch_size", type=int, default=8, help="images or frames per forward pass")
+    parser.add_argument("--batch_size", type=POSITIVE_INT, default=8, help="images or frames per forward pass")
     add_device_flags(parser)
     parser.add_argument("--save_txt", action="store_true", help="write labels/<name>.txt")
     parser.add_argument("--save_json", action="store_true", help="write predictions.json")

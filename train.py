@@ -20,11 +20,16 @@ from layers.prior_box import PRIOR_FAMILIES
 from ssd import EXTRAS
 from utils.augmentations import PIXEL_NORMS
 from utils.cli import (
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
     add_dataset_flags,
     add_device_flags,
     add_hyphen_aliases,
     add_run_flags,
     add_workers_flag,
+    bounded,
     make_parser,
     run_cli,
 )
@@ -40,13 +45,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--keep_difficult", action="store_true", help="train on VOC 'difficult' objects too")
     data.add_argument("--skip_bad", action="store_true", help="skip unreadable images/annotations with a warning")
-    data.add_argument("--max_expand", type=float, default=4.0,
+    data.add_argument("--max_expand", type=bounded(float, 1), default=4.0,
                       help="largest zoom-out of the expand augmentation (SSD: 4; 1 turns it off, for short schedules)")  # fmt: skip
     model = parser.add_argument_group("model")
     model.add_argument("--size", type=int, default=300, choices=sorted(EXTRAS))
     model.add_argument("--priors", choices=PRIOR_FAMILIES, default=None,
                        help="prior sizes (COCO's start smaller: better for small objects); default: the dataset's")  # fmt: skip
-    model.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's VGG-16)")
+    model.add_argument("--width", type=bounded(float, 0, 8, low_open=True), default=1.0, help="channel multiplier (1.0 = the paper's VGG-16)")
     model.add_argument("--batch_norm", action="store_true", help="BatchNorm after every base/extra conv (from scratch)")
     model.add_argument(
         "--basenet", default="weights/vgg16_reducedfc.pth", help="ImageNet VGG-16 base, or 'none' to train from scratch"
@@ -55,30 +60,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="input normalisation: caffe for vgg16_reducedfc.pth, torchvision for utils/convert_vgg.py output")  # fmt: skip
     model.add_argument("--finetune", default=None, help="detector checkpoint to start from, all but its conf heads")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--end_epoch", "--epochs", dest="end_epoch", type=int, default=100)
-    optim.add_argument("--batch_size", type=int, default=32, help="global batch, split over processes")
+    optim.add_argument("--end_epoch", "--epochs", dest="end_epoch", type=POSITIVE_INT, default=100)
+    optim.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="global batch, split over processes")
     optim.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    optim.add_argument("--lr", type=float, default=1e-3)
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--weight_decay", type=float, default=5e-4)
+    optim.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-3)
+    optim.add_argument("--momentum", type=bounded(float, 0, 1, high_open=True), default=0.9)
+    optim.add_argument("--weight_decay", type=NON_NEGATIVE_FLOAT, default=5e-4)
     optim.add_argument("--schedule", choices=["cosine", "multistep", "paper_voc"], default="cosine",
                        help="paper_voc: lr 1e-3, x0.1 at 80k and 100k of 120k iterations of 32 images, in epochs")  # fmt: skip
-    optim.add_argument("--milestones", type=int, nargs="*", default=[], help="multistep: epochs of the x gamma drops")
-    optim.add_argument("--gamma", type=float, default=0.1)
-    optim.add_argument("--warmup_epochs", type=float, default=1.0)
-    optim.add_argument("--max_grad_norm", type=float, default=0.0, help="clip gradients to this norm (0: off)")
+    optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", default=[], help="multistep: epochs of the x gamma drops")
+    optim.add_argument("--gamma", type=POSITIVE_FLOAT, default=0.1)
+    optim.add_argument("--warmup_epochs", type=NON_NEGATIVE_FLOAT, default=1.0)
+    optim.add_argument("--max_grad_norm", type=NON_NEGATIVE_FLOAT, default=0.0, help="clip gradients to this norm (0: off)")
     optim.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
     run = parser.add_argument_group("run")
     add_device_flags(run)
     add_workers_flag(run)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     run.add_argument("--resume", default=None, help="a last.pth, or 'auto' for the newest under --project")
-    run.add_argument("--save_period", type=int, default=1, help="save last.pth every N epochs (and at the end)")
-    run.add_argument("--eval_interval", type=int, default=1, help="evaluate every N epochs (0: never)")
-    run.add_argument("--eval_batch_size", type=int, default=32)
+    run.add_argument("--save_period", type=POSITIVE_INT, default=1, help="save last.pth every N epochs (and at the end)")
+    run.add_argument("--eval_interval", type=NON_NEGATIVE_INT, default=1, help="evaluate every N epochs (0: never)")
+    run.add_argument("--eval_batch_size", type=POSITIVE_INT, default=32)
     run.add_argument("--eval_metric", choices=METRICS, default=None, help="default: the dataset's (coco for COCO, else voc07)")
     run.add_argument(
-        "--epochs_per_run", type=int, default=0, help="stop after N epochs and save, for time-limited jobs (0: off)"
+        "--epochs_per_run", type=NON_NEGATIVE_INT, default=0, help="stop after N epochs and save, for time-limited jobs (0: off)"
     )
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     add_run_flags(run, "runs/train")

@@ -22,12 +22,14 @@ from typing import Protocol
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
 
+EXIF_ORIENTATION = 0x0112  # EXIF tag: 5-8 mean the stored image is transposed (rotated by 90 or 270 degrees)
 # Image files this project reads, in lower case (a file's suffix is compared lower-cased). cv2.imread reads them all.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -72,6 +74,21 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None or image.size == 0:
         raise ValueError(f"image {path} is corrupt or not an image; replace it or pass skip_bad=True to skip it")
     return image
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` decodes it, from the file's header alone.
+
+    OpenCV applies a JPEG's EXIF orientation when decoding, so an image stored rotated by 90 degrees comes
+    out with width and height swapped; so does this size.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow's errors for unreadable or truncated headers
+        raise ValueError(f"image {path} is corrupt or not an image ({error}); replace it or skip it") from error
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def clean_boxes(

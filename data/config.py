@@ -63,20 +63,34 @@ DATASETS: dict[str, DatasetPreset] = {
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Read one class name per line (blank lines and ``#`` comments skipped)."""
+    """Read one class name per line (blank lines and ``#`` comments skipped; a UTF-8 byte-order mark is fine).
+
+    Names are matched to annotations case-insensitively, so two names that differ only in case are refused, and
+    so are names with a path separator (eval.py writes one results file per class, named after it).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class-names file {path} does not exist; write one class name per line")
     names = tuple(
         line.strip()
-        for line in path.read_text(encoding="utf-8").splitlines()
+        for line in path.read_text(encoding="utf-8-sig").splitlines()
         if line.strip() and not line.startswith("#")
     )
     if not names:
         raise ValueError(f"class-names file {path} lists no classes; write one class name per line")
-    if len(set(names)) != len(names):
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"class-names file {path} repeats {duplicates}; each class must appear once")
+    lowered = [n.lower() for n in names]
+    if len(set(lowered)) != len(names):
+        clashes = sorted({n for n in names if lowered.count(n.lower()) > 1})
+        raise ValueError(
+            f"class-names file {path} repeats {clashes} (names are matched case-insensitively); "
+            "each class must appear once"
+        )
+    for name in names:
+        if any(c in name for c in "/\\") or not name.isprintable():
+            raise ValueError(
+                f"class-names file {path}: class {name!r} contains a path separator or a control character; "
+                "rename it (eval.py writes a results file named after each class)"
+            )
     return names
 
 

@@ -204,23 +204,37 @@ def write_video(
     return path
 
 
+MAX_IMAGE_SIZE = 4096  # larger sides only exhaust memory; SSD resizes every image to 300 or 512 anyway
+
+
 def get_args_parser() -> argparse.ArgumentParser:
+    from utils.cli import NON_NEGATIVE_INT, POSITIVE_INT, bounded
+
     parser = argparse.ArgumentParser(description="Write the synthetic shapes dataset in VOC format.")
-    parser.add_argument("--out", default="data/shapes", help="output folder")
-    parser.add_argument("--train", type=int, default=2000, help="images in ImageSets/Main/trainval.txt")
-    parser.add_argument("--test", type=int, default=300, help="images in ImageSets/Main/test.txt")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=300, help="image side in pixels")
+    parser.add_argument("--out", default="data/shapes", help="output folder (must be empty or new)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    parser.add_argument("--train", type=NON_NEGATIVE_INT, default=2000, help="images in ImageSets/Main/trainval.txt")
+    parser.add_argument("--test", type=NON_NEGATIVE_INT, default=300, help="images in ImageSets/Main/test.txt")
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    parser.add_argument("--size", type=bounded(int, MAX_SIZE + 8, MAX_IMAGE_SIZE), default=300,
+                        help="image side in pixels")  # fmt: skip
     parser.add_argument("--video", default=None, help="also write a clip of moving shapes to this .mp4 file")
-    parser.add_argument("--frames", type=int, default=60, help="frames of the --video clip (12 fps)")
+    parser.add_argument("--frames", type=POSITIVE_INT, default=60, help="frames of the --video clip (12 fps)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.train < 0 or args.test < 0 or args.size < MAX_SIZE + 8:
-        raise ValueError(
-            f"need --train/--test >= 0 and --size >= {MAX_SIZE + 8}, got {args.train}/{args.test}/{args.size}"
-        )
+    if not (args.train or args.test or args.video):
+        raise ValueError("nothing to write: give --train and/or --test above 0, or --video")
+    out = Path(args.out)
+    if (args.train or args.test) and not args.overwrite:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; give a folder")
+        if out.is_dir() and any(out.iterdir()):
+            raise ValueError(
+                f"--out {out} is not empty; it may hold a dataset. Choose a new folder, or pass --overwrite to replace "
+                "same-named files there"
+            )
     if args.train or args.test:
         counts = generate(args.out, args.train, args.test, args.seed, args.size)
         print(f"wrote {args.train} train and {args.test} test images to {args.out}; objects: {counts}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.base import IMAGE_SUFFIXES, Annotation, DetectionDataset, Transform, clean_boxes
+from data.base import IMAGE_SUFFIXES, Annotation, DetectionDataset, Transform, clean_boxes, image_size
 from data.config import VOC_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -23,8 +23,13 @@ class UnknownClassError(ValueError):
     """An annotation names a class outside the class list: a configuration error, never skipped."""
 
 
-def parse_voc_xml(path: Path, class_index: dict[str, int]) -> Annotation:
+def parse_voc_xml(path: Path, class_index: dict[str, int], image_size: tuple[int, int] | None = None) -> Annotation:
     """Parse one VOC annotation file.
+
+    Args:
+        image_size: ``(width, height)`` of the decoded image. When given it wins over the XML's ``<size>``,
+            which annotation tools sometimes get wrong (or write for the stored, un-rotated EXIF image); a
+            disagreement is warned about once, naming the file.
 
     Raises:
         ValueError: malformed or truncated XML, a missing field, or a class not in ``class_index``; the
@@ -50,6 +55,12 @@ def parse_voc_xml(path: Path, class_index: dict[str, int]) -> Annotation:
         raise ValueError(
             f"annotation {path} lacks a field or has a non-numeric one ({error}); fix or remove it"
         ) from error
+    if image_size is not None:
+        if (width, height) != tuple(image_size):
+            logger.warning(
+                "%s: <size> says %dx%d but the image is %dx%d; using the image's size", path, width, height, *image_size
+            )
+        width, height = image_size
     if width <= 0 or height <= 0:
         raise ValueError(f"annotation {path} gives image size {width}x{height}; fix its <size> field")
 
@@ -72,6 +83,27 @@ def parse_voc_xml(path: Path, class_index: dict[str, int]) -> Annotation:
         labels=np.array(labels, np.int64)[keep],
         difficult=np.array(difficult, bool)[keep],
     )
+
+
+def read_image_set(listing: Path) -> list[str]:
+    """The image ids of a VOC split file (``ImageSets/Main/<split>.txt``): one id per line.
+
+    Raises:
+        ValueError: the file is empty, or a line holds more than one word (an id with a space, or a per-class
+            split file's "id label" line); the message names the line.
+    """
+    image_ids = []
+    for number, line in enumerate(listing.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        words = line.split()
+        if len(words) > 1:
+            raise ValueError(
+                f"{listing}, line {number}: {line.strip()!r} is not one image id; VOC split files hold one id per "
+                "line, and ids cannot contain spaces (rename such files)"
+            )
+        image_ids += words
+    if not image_ids:
+        raise ValueError(f"image set {listing} is empty; list one image id per line")
+    return image_ids
 
 
 class VOCFormatDataset(DetectionDataset):
@@ -109,13 +141,12 @@ class VOCFormatDataset(DetectionDataset):
             raise FileNotFoundError(
                 f"image set {listing} does not exist; is {folder} a VOC-format folder with split {split!r}?"
             )
-        image_ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
-        if not image_ids:
-            raise ValueError(f"image set {listing} is empty; list one image id per line")
+        image_ids = read_image_set(listing)
         for image_id in image_ids:
             try:
                 image_path = self._find_image(folder, image_id)
-                annotation = parse_voc_xml(folder / "Annotations" / f"{image_id}.xml", self.class_index)
+                size = image_size(image_path)
+                annotation = parse_voc_xml(folder / "Annotations" / f"{image_id}.xml", self.class_index, size)
             except UnknownClassError:
                 raise
             except (FileNotFoundError, ValueError) as error:

@@ -127,14 +127,22 @@ def test_corrupt_image_is_named_or_skipped(tmp_path: Path, caplog: pytest.LogCap
     folder = tmp_path / "custom"
     write_voc_folder(folder, "trainval", {"broken": (40, 40, [("cat", (5, 5, 20, 20), 0)]), "fine": (40, 40, [])})
     (folder / "JPEGImages" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    # The image's header is read when the dataset is built (for its true size), so a bad file is named at once.
+    with pytest.raises(ValueError, match=r"broken\.jpg is corrupt or not an image"):
+        VOCFormatDataset([(folder, "trainval")], ["cat"], transform=BaseTransform(64))
+    with caplog.at_level(logging.WARNING):
+        dataset = VOCFormatDataset([(folder, "trainval")], ["cat"], transform=BaseTransform(64), skip_bad=True)
+    assert dataset.ids == ["fine"] and any("broken.jpg" in r.getMessage() for r in caplog.records)
+    # A file that breaks after the dataset was built fails when it is loaded.
+    (folder / "JPEGImages" / "broken.jpg").write_bytes((folder / "JPEGImages" / "fine.jpg").read_bytes())
     dataset = VOCFormatDataset([(folder, "trainval")], ["cat"], transform=BaseTransform(64))
+    (folder / "JPEGImages" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ValueError, match=r"broken\.jpg is corrupt or not an image"):
         dataset[0]
     dataset.skip_bad = True
     with caplog.at_level(logging.WARNING):
         image, target = dataset[0]  # falls through to the next readable sample
     assert image.shape == (3, 64, 64) and target.shape == (0, 5)
-    assert any("broken.jpg" in r.getMessage() for r in caplog.records)
 
 
 def test_missing_root_and_split(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import argparse
 import ctypes
 import ctypes.util
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -91,6 +92,43 @@ def run_cli(
     return int(status or 0)
 
 
+# --- numeric flags -----------------------------------------------------------------------------------------
+def bounded(
+    kind: type[int] | type[float],
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], int | float]:
+    """An argparse ``type`` that parses ``kind`` and refuses values outside ``[low, high]`` (``low_open``/
+    ``high_open``: the bound itself is refused too), so a bad value stops the script before any work."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        too_low = low is not None and (value < low or (low_open and value == low))
+        too_high = high is not None and (value > high or (high_open and value == high))
+        if too_low or too_high:
+            lower = "" if low is None else f"{low} <{'' if low_open else '='} "
+            upper = "" if high is None else f" <{'' if high_open else '='} {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: need {lower}value{upper}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = bounded(int, 1)
+NON_NEGATIVE_INT = bounded(int, 0)
+POSITIVE_FLOAT = bounded(float, 0, low_open=True)
+NON_NEGATIVE_FLOAT = bounded(float, 0)
+PROBABILITY = bounded(float, 0, 1)
+
+
 # --- flag groups ------------------------------------------------------------------------------------------
 # Each flag is defined once, here; every script that takes it adds its group. make_parser() gives every
 # underscore flag its hyphen spelling too (--batch_size and --batch-size).
@@ -157,12 +195,12 @@ def add_detect_flags(parser: argparse.ArgumentParser) -> None:
     """Detect's settings; each flag overrides the model's own (stored in its checkpoint, Caffe SSD's by default)."""
     group = parser.add_argument_group("detection (default: the model's own settings)")
     defaults = DetectSettings()
-    group.add_argument("--conf_thresh", type=float, default=None,
+    group.add_argument("--conf_thresh", type=bounded(float, 0, 1, high_open=True), default=None,
                        help=f"score a candidate must exceed (default {defaults.conf_thresh})")  # fmt: skip
-    group.add_argument("--nms_thresh", type=float, default=None, help=f"NMS IoU threshold (default {defaults.nms_thresh})")
-    group.add_argument("--top_k", type=int, default=None,
+    group.add_argument("--nms_thresh", type=PROBABILITY, default=None, help=f"NMS IoU threshold (default {defaults.nms_thresh})")
+    group.add_argument("--top_k", type=POSITIVE_INT, default=None,
                        help=f"candidates per class into NMS (default {defaults.top_k})")  # fmt: skip
-    group.add_argument("--keep_top_k", type=int, default=None,
+    group.add_argument("--keep_top_k", type=NON_NEGATIVE_INT, default=None,
                        help=f"detections kept per image, 0 = all (default {defaults.keep_top_k})")  # fmt: skip
 
 
@@ -174,7 +212,7 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_workers_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num_workers", type=int, default=DEFAULT_NUM_WORKERS, help="data-loading processes")
+    parser.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=DEFAULT_NUM_WORKERS, help="data-loading processes")
 
 
 def add_run_flags(parser: argparse.ArgumentParser, project: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 from PIL import Image  # Pillow comes with matplotlib
 
-from utils.cli import run_cli
+from utils.cli import POSITIVE_INT, bounded, run_cli
 from utils.visualization import make_grid
 
 
@@ -61,13 +61,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     grid = sub.add_parser("grid", help="tile images into one picture")
     grid.add_argument("--images", required=True, help="glob of images")
-    grid.add_argument("--columns", type=int, default=4)
-    grid.add_argument("--cell", type=int, default=300, help="side of each tile in pixels")
+    grid.add_argument("--columns", type=POSITIVE_INT, default=4)
+    grid.add_argument("--cell", type=bounded(int, 16, 4096), default=300, help="side of each tile in pixels")
     grid.add_argument("--out", required=True)
     gif = sub.add_parser("gif", help="turn a video into an animated GIF")
     gif.add_argument("--video", required=True)
-    gif.add_argument("--width", type=int, default=360)
-    gif.add_argument("--every", type=int, default=1, help="keep every N-th frame")
+    gif.add_argument("--width", type=bounded(int, 16, 4096), default=360)
+    gif.add_argument("--every", type=POSITIVE_INT, default=1, help="keep every N-th frame")
     gif.add_argument("--out", required=True)
     return parser
 
