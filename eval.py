@@ -35,7 +35,7 @@ from utils.cli import (
 )
 from utils.evaluation import METRICS, default_metric, evaluate, format_table, save_outputs
 from utils.predict import Predictor, TorchRunner
-from utils.runs import increment_run_dir, select_device
+from utils.runs import check_writable, increment_run_dir, select_device
 from utils.voc_eval import DEVKIT, SSD_PYTORCH
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     preset = dataset_preset(args)
+    check_writable(args.project)  # before the detection work, not after it
     device = select_device(args.device)
     model, info = load_detector(args.weights, device, raw_weights(args, preset))
     require_classes(info, preset.class_names, args.weights)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import cv2
 
@@ -38,7 +39,7 @@ from utils.cli import (
 from utils.predict import Predictor, load_runner
 from utils.runs import increment_run_dir, select_device
 from utils.sources import Sources, resolve_sources
-from utils.writers import Writer, process_images, process_stream
+from utils.writers import Writer, output_names, process_images, process_stream
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,34 +75,11 @@ def main(args: argparse.Namespace) -> int:
     predictor = Predictor(runner, detect_settings(args, runner.info.postprocess))
     out_dir = increment_run_dir(args.project, args.name)
     writer = Writer(out_dir, runner.info.class_names, args.thresh, args.save_txt, args.save_json)
-    failures = list(sources.rejected)
-    for line in sources.rejected:
-        print(line, file=sys.stderr)
-
-    for line in process_images(sources.images, predictor, writer, args.batch_size, failures):
-        print(line)
-    for path in sources.videos:
-        capture = cv2.VideoCapture(str(path))
-        if not capture.isOpened() or capture.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0:
-            failures.append(f"{path}: not a readable video")
-            print(f"{path}: cannot be opened as a video, skipped", file=sys.stderr)
-            continue
-        try:
-            print(process_stream(capture, path.name, out_dir / f"{path.stem}.mp4", predictor, writer, args.batch_size))
-        finally:
-            capture.release()
-    if sources.webcam is not None:
-        capture = cv2.VideoCapture(sources.webcam)
-        if not capture.isOpened():
-            raise ValueError(f"webcam {sources.webcam} cannot be opened; check the index and permissions")
-        try:
-            name = f"webcam{sources.webcam}"
-            print(process_stream(capture, name, out_dir / f"{name}.mp4", predictor, writer, 1))
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
-        finally:
-            capture.release()
-    writer.close()
+    failures: list[str] = []
+    try:
+        run_sources(sources, predictor, writer, args.batch_size, failures)
+    finally:  # Ctrl-C too: what was detected so far is written
+        writer.close()
     print(predictor.speed.line())
     print(f"results in {out_dir}")
     if failures:
@@ -110,6 +88,34 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_sources(sources: Sources, predictor: Predictor, writer: Writer, batch_size: int, failures: list[str]) -> None:
+    """Images, then videos, then the webcam; each summary line printed as it is done."""
+    for line in process_images(sources.images, predictor, writer, batch_size, failures):
+        print(line)
+    video_names = output_names(sources.videos)
+    for path in sources.videos:
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened() or capture.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0:
+            failures.append(f"{path}: not a readable video")
+            print(f"{path}: cannot be opened as a video, skipped", file=sys.stderr)
+            continue
+        try:
+            print(process_stream(capture, path, video_names[path].with_suffix(".mp4"), predictor, writer, batch_size))
+        finally:
+            capture.release()
+    if sources.webcam is not None:
+        capture = cv2.VideoCapture(sources.webcam)
+        if not capture.isOpened():
+            raise ValueError(f"webcam {sources.webcam} cannot be opened; check the index and permissions")
+        try:
+            name = f"webcam{sources.webcam}"
+            print(process_stream(capture, name, Path(f"{name}.mp4"), predictor, writer, 1))
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+        finally:
+            capture.release()
 
 
 if __name__ == "__main__":

@@ -93,8 +93,31 @@ class Payload:
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "extra": Payload()}, path)
-    with pytest.raises(ValueError, match="evil.pth is not a loadable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="evil.pth holds pickled Python objects, which this project never loads") as info:
         read_checkpoint(path)
+    assert "weights_only" not in str(info.value)  # never torch's advice to load it unsafely (issue 19, case 15)
+
+
+def test_foreign_files_say_what_they_are(tmp_path: Path) -> None:  # issue 19, case 15
+    import cv2
+    import numpy as np
+
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    with pytest.raises(ValueError, match="model.onnx is an ONNX model: run it with inference.py --weights"):
+        read_checkpoint(tmp_path / "model.onnx")
+    cv2.imwrite(str(tmp_path / "photo.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="photo.png is a PNG image, not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "photo.png")
+
+
+def test_checkpoints_get_the_mode_of_other_new_files(tmp_path: Path) -> None:  # issue 19, case 21
+    old = os.umask(0o022)
+    try:
+        atomic_save({"w": torch.ones(1)}, tmp_path / "c.pth")
+        (tmp_path / "other.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.pth").stat().st_mode & 0o777 == (tmp_path / "other.txt").stat().st_mode & 0o777 == 0o644
 
 
 def test_vgg_reducedfc_base(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:

@@ -15,9 +15,9 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("script", sorted(EXPECTED))
-def test_dry_run(script: str, tmp_path: Path) -> None:
-    env = {**os.environ, "DRY_RUN": "1", "HOME": str(tmp_path)}
+@pytest.mark.parametrize(("script", "dry_run"), [(name, "1") for name in sorted(EXPECTED)] + [("VOC2012.sh", "yes")])
+def test_dry_run(script: str, dry_run: str, tmp_path: Path) -> None:  # any value but "" and "0" is a dry run
+    env = {**os.environ, "DRY_RUN": dry_run, "HOME": str(tmp_path)}
     named = subprocess.run(
         ["sh", str(SCRIPTS / script), str(tmp_path / "d")], env=env, capture_output=True, text=True, check=True
     )

@@ -58,9 +58,10 @@ def test_single_image_is_drawn_at_original_resolution(weights: Path, tmp_path: P
     columns = colored_columns(out, int((y0 + y1) / 2), class_color(LABEL - 1))
     assert abs(columns.min() - x0) <= 2 and abs(columns.max() - x1) <= 2
     label = (tmp_path / "runs" / "exp1" / "labels" / "scene.txt").read_text().split()
-    assert label[0] == "square" and [float(v) for v in label[2:]] == pytest.approx([x0, y0, x1, y1], abs=0.2)
+    classes = (tmp_path / "runs" / "exp1" / "labels" / "classes.txt").read_text().splitlines()
+    assert classes[int(label[0])] == "square" and [float(v) for v in label[2:]] == pytest.approx([x0, y0, x1, y1], abs=0.2)
     predictions = json.loads((tmp_path / "runs" / "exp1" / "predictions.json").read_text())
-    assert predictions[0]["labels"] == ["square"] and predictions[0]["source"] == "scene.png"
+    assert predictions[0]["labels"] == ["square"] and predictions[0]["source"] == str(tmp_path / "scene.png")
 
 
 def test_below_threshold_images_are_written_unchanged(weights: Path, tmp_path: Path) -> None:
@@ -81,8 +82,8 @@ def test_folder_with_a_corrupt_file_processes_the_rest(weights: Path, tmp_path: 
     result = run("--weights", str(weights), "--source", str(folder), "--batch_size", "2", cwd=tmp_path)
     assert result.returncode == 1
     assert sorted(p.name for p in (tmp_path / "runs" / "exp1").glob("*.jpg")) == ["ok0.jpg", "ok1.jpg", "ok2.jpg"]
-    assert "2 input(s) failed:" in result.stderr and "broken.jpg: not a readable image" in result.stderr
-    assert "notes.txt: unsupported extension '.txt'" in result.stderr and "Traceback" not in result.stderr
+    assert "1 input(s) failed:" in result.stderr and "broken.jpg: not a readable image" in result.stderr
+    assert "notes.txt" not in result.stderr and "Traceback" not in result.stderr  # a folder's non-images are not inputs
     globbed = run("--weights", str(weights), "--source", str(folder / "ok*.jpg"), cwd=tmp_path)
     assert globbed.returncode == 0 and len(list((tmp_path / "runs" / "exp2").glob("*.jpg"))) == 3
 
@@ -210,3 +211,62 @@ def test_speed_log_keeps_the_first_batch_of_each_size_apart() -> None:
         "speed per image: 0.0 ms preprocess, 2.0 ms network, 0.0 ms Detect (10 images); "
         "the first batch of each size is not counted"
     )
+
+
+def test_outputs_are_unique_per_input(weights: Path, tmp_path: Path) -> None:  # issue 19, case 2
+    for folder, name, width in (("a", "img.jpg", 100), ("b", "img.jpg", 140), ("a", "x.jpg", 90), ("a", "x.png", 120)):
+        (tmp_path / "in" / folder).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "in" / folder / name), grey(width, 80))
+    result = run("--weights", str(weights), "--source", str(tmp_path / "in" / "**" / "*.*"), "--save_txt",
+                 "--save_json", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "exp1"
+    assert cv2.imread(str(run_dir / "a" / "img.jpg")).shape[1] == 100
+    assert cv2.imread(str(run_dir / "b" / "img.jpg")).shape[1] == 140
+    labels = sorted(str(p.relative_to(run_dir / "labels")) for p in (run_dir / "labels").rglob("*.txt"))
+    assert labels == ["a/img.txt", "a/x.jpg.txt", "a/x.png.txt", "b/img.txt", "classes.txt"]
+    sources = [r["source"] for r in json.loads((run_dir / "predictions.json").read_text())]
+    assert sorted(sources) == sorted(str(tmp_path / "in" / f) for f in ("a/img.jpg", "b/img.jpg", "a/x.jpg", "a/x.png"))
+
+
+def test_interrupted_folder_run_keeps_its_predictions(weights: Path, tmp_path: Path, monkeypatch) -> None:  # case 3
+    import inference
+    import utils.writers
+    from utils.cli import run_cli
+
+    for k in range(5):
+        cv2.imwrite(str(tmp_path / f"im{k}.jpg"), grey(100, 80))
+    calls = []
+
+    def interrupted_draw(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while the third image is drawn
+        return args[0]
+
+    monkeypatch.setattr(utils.writers, "draw_detections", interrupted_draw)
+    argv = ["--weights", str(weights), "--source", str(tmp_path), "--batch_size", "1", "--save_json", "--device", "cpu",
+            "--project", str(tmp_path / "runs")]  # fmt: skip
+    assert run_cli(inference.main, inference.get_args_parser(), argv) == 130
+    records = json.loads((tmp_path / "runs" / "exp1" / "predictions.json").read_text())
+    assert [Path(r["source"]).name for r in records] == ["im0.jpg", "im1.jpg"]
+
+
+def test_empty_folder_and_no_detection_copies(weights: Path, tmp_path: Path) -> None:  # cases 17, 25, 23
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    empty = run("--weights", str(weights), "--source", str(tmp_path / "empty"), cwd=tmp_path)
+    assert empty.returncode == 2 and f"error: folder {tmp_path / 'empty'} holds no images" in empty.stderr
+    noise = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "noise.jpg"), noise)
+    result = run("--weights", str(weights), "--source", str(tmp_path / "noise.jpg"), "--thresh", "1.01", cwd=tmp_path)
+    assert result.returncode == 0
+    assert (tmp_path / "runs" / "exp1" / "noise.jpg").read_bytes() == (tmp_path / "noise.jpg").read_bytes()
+
+
+def test_labels_are_clipped_to_the_image() -> None:  # case 23
+    from utils.writers import Writer
+
+    writer = Writer(Path("unused"), ["a"], 0.5, save_txt=False, save_json=False)
+    result = {"boxes": np.array([[-4.2, 10.0, 130.0, 50.0]]), "scores": np.array([0.9]), "labels": np.array([0])}
+    np.testing.assert_array_equal(writer.shown(result, 120, 90)["boxes"], [[0.0, 10.0, 120.0, 50.0]])

@@ -126,3 +126,28 @@ def test_split_files_hold_one_id_per_line(tmp_path: Path) -> None:  # case 13
         VOCFormatDataset([(folder, "trainval")], ["cat"])
     (folder / "ImageSets" / "Main" / "trainval.txt").write_bytes("\ufeffa\n".encode())  # a BOM is not part of the id
     assert VOCFormatDataset([(folder, "trainval")], ["cat"]).ids == ["a"]
+
+
+def test_project_must_be_a_writable_folder(tmp_path: Path, capsys, monkeypatch) -> None:  # cases 8, 9
+    import errno
+
+    import utils.runs
+
+    (tmp_path / "afile").write_text("x")
+    common = ["--dataset", "Shapes", "--dataset_root", str(tmp_path), "--weights", str(tmp_path / "none.pth")]
+    status, err = cli(eval_script, [*common, "--project", str(tmp_path / "afile")], capsys)
+    assert status == 2 and f"error: --project {tmp_path / 'afile'} is a file" in err
+
+    def read_only(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(utils.runs.tempfile, "TemporaryFile", read_only)
+    # eval.py says so before any detection work (here: before even reading the weights).
+    status, err = cli(eval_script, [*common, "--project", str(tmp_path / "ro")], capsys)
+    assert status == 2 and f"error: cannot write to {tmp_path / 'ro'} (Read-only file system)" in err
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
+def test_device_names_the_accepted_forms(device: str, tmp_path: Path, capsys) -> None:  # case 10
+    status, err = cli(eval_script, ["--dataset_root", str(tmp_path), "--device", device, "--project", str(tmp_path)], capsys)
+    assert status == 2 and err.strip() == f"error: --device {device} is not a device; use auto, cpu, cuda or cuda:N"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,12 +48,14 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a truncated file.
+    A crash at any moment leaves either the old file or the new one, never a truncated file. The file gets the
+    mode any other new file gets (0666 less the umask), not the temporary file's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -61,6 +64,35 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+# The first bytes of files that users pass as weights by mistake, and what to say about each.
+_NOT_CHECKPOINTS = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1a\x45\xdf\xa3", "a WebM/Matroska video"),
+)
+
+
+def _describe_foreign(path: Path) -> str | None:
+    """What ``path`` is when it is plainly not a PyTorch checkpoint (an ONNX model, an image), else None."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model: run it with inference.py --weights <file> (eval.py and export need a PyTorch checkpoint)"
+    for magic, kind in _NOT_CHECKPOINTS:
+        if head.startswith(magic):
+            return f"{kind}, not a PyTorch checkpoint; pass a .pth file with --weights"
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video, not a PyTorch checkpoint; pass a .pth file with --weights"
+    return None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -73,9 +105,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; check the path (see README, 'Weights')")
+    foreign = _describe_foreign(path)
+    if foreign is not None:
+        raise ValueError(f"{path} is {foreign}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a corrupt or unsafe file
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # not pickled objects: random, truncated or foreign bytes
+            raise ValueError(f"{path} is not a loadable PyTorch checkpoint (it is corrupt); re-download it") from error
+        # The safe loader met a pickled Python object (and ran none of it).
+        raise ValueError(
+            f"{path} holds pickled Python objects, which this project never loads (they can run code); it is not "
+            "a checkpoint of this project or ssd.pytorch. If you trust its source, re-save just its tensors "
+            "(e.g. its state_dict) with torch.save"
+        ) from error
+    except Exception as error:  # torch raises several types for a corrupt file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"{path} is not a loadable PyTorch checkpoint ({first_line}); re-download or re-export it"

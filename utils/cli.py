@@ -17,6 +17,7 @@ from data.config import DATASETS, DatasetPreset, get_preset
 from layers.detection import DetectSettings
 from ssd import EXTRAS
 from utils.checkpoint import RawWeights
+from utils.runs import DEVICE_FORMS
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def add_detect_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_FORMS)
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: float16 on a GPU, bfloat16 on a CPU (fast on CPUs with bfloat16 "
                              "instructions; check the mAP it gives)")  # fmt: skip

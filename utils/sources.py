@@ -22,20 +22,31 @@ class Sources:
     images: list[Path] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
     webcam: int | None = None
-    rejected: list[str] = field(default_factory=list)  # "file: reason" for files that cannot be read at all
+
+
+def is_media(path: Path) -> bool:
+    """Whether ``path`` has an image or video extension (any case)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
 
 def resolve_sources(text: str) -> Sources:
-    """Classify ``text``: a webcam index, a folder, a glob, an image or a video file."""
+    """Classify ``text``: a webcam index, a folder, a glob, an image or a video file.
+
+    A folder or a glob contributes its image and video files only (a stray ``notes.txt`` is not an input); a
+    file named explicitly must be an image or a video. Naming no input at all is an error.
+    """
     if text.isdigit():
         return Sources(webcam=int(text))
     path = Path(text)
+    kinds = f"images ({', '.join(IMAGE_SUFFIXES)}) or videos ({', '.join(VIDEO_SUFFIXES)})"
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file())
-    elif any(c in text for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_media(p))
         if not files:
-            raise FileNotFoundError(f"the pattern {text!r} matches no file")
+            raise FileNotFoundError(f"folder {path} holds no {kinds}")
+    elif any(c in text for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file() and is_media(Path(p)))
+        if not files:
+            raise FileNotFoundError(f"the pattern {text!r} matches no {kinds}")
     elif path.is_file():
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
@@ -49,13 +60,7 @@ def resolve_sources(text: str) -> Sources:
         )
     sources = Sources()
     for file in files:
-        suffix = file.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            sources.images.append(file)
-        elif suffix in VIDEO_SUFFIXES:
-            sources.videos.append(file)
-        else:
-            sources.rejected.append(f"{file}: unsupported extension {file.suffix!r}")
+        (sources.images if file.suffix.lower() in IMAGE_SUFFIXES else sources.videos).append(file)
     return sources
 
 

@@ -1,11 +1,12 @@
 #!/bin/sh
 # Shared by the download scripts: fetch "$@" (URLs) into $TARGET and unpack them there.
-# DRY_RUN=1 prints what would be fetched and unpacked, and touches nothing.
+# DRY_RUN set to anything but empty or 0 (1, yes, true...) prints what would be fetched and unpacked, and touches
+# nothing.
 set -eu
 
 fetch_and_unpack() {
   local target="$1"; shift
-  if [ "${DRY_RUN:-0}" = "1" ]; then
+  if [ -n "${DRY_RUN:-}" ] && [ "${DRY_RUN}" != "0" ]; then
     for url in "$@"; do echo "would fetch $url into $target"; done
     return 0
   fi
