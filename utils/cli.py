@@ -65,6 +65,25 @@ def configure_torch() -> None:
     torch.backends.cudnn.benchmark = True
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` plus ``typed_flags``: the destinations of the flags the user typed.
+
+    argparse cannot tell a typed value from a default one; scripts need to, to refuse a typed flag that would be
+    ignored (train.py on ``--resume``) instead of dropping it silently.
+    """
+    args = parser.parse_args(argv)
+    defaults = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in defaults:
+            action.default = argparse.SUPPRESS
+        typed, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in defaults:
+            action.default = default
+    args.typed_flags = frozenset(vars(typed))
+    return args
+
+
 def run_cli(
     main: Callable[[argparse.Namespace], int | None],
     parser: argparse.ArgumentParser,
@@ -74,7 +93,7 @@ def run_cli(
 
     Returns the exit status (``main``'s return value, 0 when it returns None); Ctrl-C gives 130.
     """
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     setup_logging(getattr(args, "verbose", False))
     configure_torch()
     try:
