@@ -10,21 +10,35 @@ from torch import Tensor, nn
 
 from layers.box_utils import DEFAULT_VARIANCES, Variances, match, pad_targets
 
+# What both loss terms are divided by (MultiBoxLoss's docstring): "ratio" (default) or ssd.pytorch's positives.
+NEGATIVES_NORMS = ("ratio", "ssd_pytorch")
+
 
 class MultiBoxLoss(nn.Module):
     """Smooth-L1 localisation loss plus cross-entropy with 3:1 hard negative mining.
 
-    The semantics are ssd.pytorch's, computed for the whole batch at once:
+    The matching and mining are ssd.pytorch's, computed for the whole batch at once:
 
     * matching: :func:`layers.box_utils.match` (forced best prior, then IoU >= ``overlap_thresh``);
     * ``loss_l``: smooth-L1 summed over positive priors;
     * ``loss_c``: cross-entropy summed over positives and, per image, the ``neg_pos_ratio`` x (positives)
       background priors with the highest cross-entropy (positives are never mined as negatives);
-    * both are divided by the total number of positives in the batch (at least 1, never 0).
+    * both are divided by one count N (SSD §2.2: L = (L_conf + L_loc) / N), set by ``negatives_norm``.
 
     ssd.pytorch crashes on an image without ground truth; here such an image is a background-only sample
     whose ``empty_image_negatives`` hardest priors are penalised (3:1 of zero positives would mine none
     and the image would teach nothing).
+
+    ``negatives_norm`` says what N counts:
+
+    * ``"ratio"`` (default): each image's positives, and for an image without positives the positives its
+      mined negatives stand for at 3:1, ``empty_image_negatives / neg_pos_ratio``. Every batch then mines
+      ``neg_pos_ratio`` x N negatives, each weighing 1/N: together they weigh ``neg_pos_ratio`` times their
+      mean cross-entropy, with or without objects in the batch. A batch whose every image has a ground
+      truth (VOC: every image) gets exactly ssd.pytorch's loss.
+    * ``"ssd_pytorch"``: the batch's positives, at least 1. An all-background batch divides its
+      ``empty_image_negatives`` per image by 1, so each mined negative weighs as much as in a batch with a
+      single positive, and the loss is two orders of magnitude above an ordinary batch's.
 
     Args:
         num_classes: C, including the background.
@@ -32,10 +46,11 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: negatives mined per positive (SSD: 3).
         variances: encoding variances.
         empty_image_negatives: negatives mined in an image with no ground truth.
-        normalizer: maps this batch's number of positives to the number both terms are divided by. Under
-            DDP, ``lambda n: all_reduce_sum(n).clamp(min=1) / world_size`` divides by the global batch's
-            count over the number of processes, so the averaged gradients equal a single process's on the
-            whole batch. Default: ``n.clamp(min=1)``.
+        negatives_norm: ``"ratio"`` or ``"ssd_pytorch"``, see above.
+        normalizer: maps this batch's count N (a float tensor, a sum over images) to the number both terms
+            are divided by. Under DDP, ``lambda n: all_reduce_sum(n).clamp(min=1) / world_size`` divides by
+            the global batch's count over the number of processes, so the averaged gradients equal a single
+            process's on the whole batch. Default: ``n.clamp(min=1)``.
     """
 
     def __init__(
@@ -45,16 +60,22 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: int = 3,
         variances: Variances = DEFAULT_VARIANCES,
         empty_image_negatives: int = 100,
+        negatives_norm: str = "ratio",
         normalizer: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must count the background and at least one class, got {num_classes}")
+        if negatives_norm not in NEGATIVES_NORMS:
+            raise ValueError(f"negatives_norm must be one of {NEGATIVES_NORMS}, got {negatives_norm!r}")
+        if negatives_norm == "ratio" and neg_pos_ratio <= 0:
+            raise ValueError(f"negatives_norm='ratio' needs neg_pos_ratio > 0, got {neg_pos_ratio}")
         self.num_classes = num_classes
         self.overlap_thresh = overlap_thresh
         self.neg_pos_ratio = neg_pos_ratio
         self.variances = variances
         self.empty_image_negatives = empty_image_negatives
+        self.negatives_norm = negatives_norm
         self.normalizer = normalizer
 
     def forward(
@@ -70,7 +91,7 @@ class MultiBoxLoss(nn.Module):
                 0-based foreground index; N_i may be 0.
 
         Returns:
-            Two scalar tensors, each normalised by the number of positives.
+            Two scalar tensors, each divided by the count N (see the class docstring).
         """
         batch_size, num_priors, num_classes = conf_preds.shape
         if num_classes != self.num_classes:
@@ -106,6 +127,11 @@ class MultiBoxLoss(nn.Module):
         # The differentiable cross-entropy only over the priors that count (positives and mined negatives).
         selected = positive | negative
         loss_c = F.cross_entropy(conf_preds[selected], conf_targets[selected], reduction="sum")
-        total_pos = num_pos.sum().to(loss_l.dtype)
-        total_pos = total_pos.clamp(min=1) if self.normalizer is None else self.normalizer(total_pos)
-        return loss_l / total_pos, loss_c / total_pos
+        if self.negatives_norm == "ratio":
+            # An image without positives counts as the positives its mined negatives stand for at 3:1.
+            count = torch.where(num_pos > 0, num_pos.float(), num_neg.float() / self.neg_pos_ratio).sum()
+        else:
+            count = num_pos.sum()
+        count = count.to(loss_l.dtype)  # a sum over images: under DDP the all-reduced count is the global one
+        count = count.clamp(min=1) if self.normalizer is None else self.normalizer(count)
+        return loss_l / count, loss_c / count
