@@ -24,6 +24,7 @@ SUITE = [
     ("bench_train_step", ["--batch", "8", "--amp"]),
     ("bench_train_step", ["--batch", "8", "--width", "0.125", "--batch_norm"]),
     ("bench_augmentation", []),
+    ("bench_loader", []),
     ("bench_voc_eval", []),
     ("bench_page_faults", []),  # a diagnostic: what utils.cli.keep_freed_memory saves
 ]

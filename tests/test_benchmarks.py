@@ -31,6 +31,7 @@ def run_benchmark(module: str, args: list[str], cwd: Path) -> subprocess.Complet
         ("bench_loss", ["--batch", "2"]),
         ("bench_voc_eval", ["--images", "60", "--dets", "30"]),  # also asserts agreement with the loop
         ("bench_augmentation", ["--number", "5"]),
+        ("bench_loader", ["--images", "8", "--batch", "4", "--workers", "0", "1"]),
     ],
 )
 def test_benchmark_runs_and_reports(module: str, args: list[str], tmp_path: Path) -> None:
