@@ -18,7 +18,7 @@ import torch
 
 from layers.prior_box import PRIOR_FAMILIES
 from ssd import EXTRAS
-from utils.augmentations import PIXEL_NORMS
+from utils.augmentations import CROP_SAMPLERS, PIXEL_NORMS
 from utils.cli import (
     NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
@@ -47,6 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--skip_bad", action="store_true", help="skip unreadable images/annotations with a warning")
     data.add_argument("--max_expand", type=bounded(float, 1), default=4.0,
                       help="largest zoom-out of the expand augmentation (SSD: 4; 1 turns it off, for short schedules)")  # fmt: skip
+    data.add_argument("--crop_samplers", choices=sorted(CROP_SAMPLERS), default="paper",
+                      help="random crop: paper (SSD §2.2, Caffe: 7 samplers, one passing patch picked) or ssd_pytorch (6 modes, one drawn at a time)")  # fmt: skip
     model = parser.add_argument_group("model")
     model.add_argument("--size", type=int, default=300, choices=sorted(EXTRAS))
     model.add_argument("--priors", choices=PRIOR_FAMILIES, default=None,

@@ -2,9 +2,10 @@
 
 The baseline is the classic implementation (ssd.pytorch's structure): float32 image, each step a full
 pass, HSV on the whole image, the whole expand canvas built then cropped. It makes the same random choices
-(same modes, Caffe's IoU test), so both do the same augmentation.
+(the same crop sampler, --crop_samplers, default the paper's), so both do the same augmentation.
 
     python -m benchmarks.bench_augmentation --threads 1
+    python -m benchmarks.bench_augmentation --threads 1 --crop_samplers ssd_pytorch
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import cv2
 import numpy as np
 
 from benchmarks.common import get_args_parser, measure, report, setup
-from utils.augmentations import SSDAugmentation
+from utils.augmentations import CROP_SAMPLERS, SSDAugmentation
 
 
 class PerStepAugmentation:
     """The straightforward pipeline: photometric (float32, whole image), expand, crop, mirror, resize, mean."""
 
-    def __init__(self, size: int = 300, mean: tuple[float, ...] = (104.0, 117.0, 123.0)) -> None:
+    def __init__(
+        self, size: int = 300, mean: tuple[float, ...] = (104.0, 117.0, 123.0), crop_samplers: str = "paper"
+    ) -> None:
         self.size = size
         self.mean = np.array(mean, np.float32)
-        self.sampler = SSDAugmentation(size)  # only its crop sampler, for identical crop semantics
+        # Only its crop sampler, for identical crop semantics.
+        self.sampler = SSDAugmentation(size, crop_samplers=crop_samplers)
 
     def __call__(self, image, boxes, labels, rng):
         image = image.astype(np.float32)
@@ -62,6 +66,7 @@ class PerStepAugmentation:
 
 def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--crop_samplers", choices=sorted(CROP_SAMPLERS), default="paper")
     parser.set_defaults(threads=1, number=200, rounds=7)
     args = parser.parse_args()
     device = setup(args)
@@ -69,7 +74,8 @@ def main() -> None:
     image = cv2.GaussianBlur(image, (9, 9), 3)  # photo-like, not white noise
     boxes = np.array([[48, 240, 195, 371], [8, 12, 352, 498 - 150], [300, 50, 480, 200]], np.float32)
     labels = np.array([11, 14, 6])
-    fused, per_step = SSDAugmentation(300), PerStepAugmentation(300)
+    fused = SSDAugmentation(300, crop_samplers=args.crop_samplers)
+    per_step = PerStepAugmentation(300, crop_samplers=args.crop_samplers)
     rngs = {"SSDAugmentation": np.random.default_rng(1), "per-step baseline": np.random.default_rng(1)}
     results = measure(
         {

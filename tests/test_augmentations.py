@@ -1,5 +1,9 @@
-"""SSDAugmentation and BaseTransform: properties over thousands of draws, the crop IoU test, and equality
-with a straightforward implementation that builds the whole expand canvas."""
+"""SSDAugmentation and BaseTransform: properties over thousands of draws, the crop IoU test, the paper's crop
+samplers against Caffe SSD's loop, and equality with a straightforward implementation that builds the whole
+expand canvas."""
+
+import argparse
+import math
 
 import cv2
 import numpy as np
@@ -8,7 +12,16 @@ import torch
 
 from layers.box_utils import iou
 from tests.reference import plain_iou
-from utils.augmentations import CAFFE_MEAN_BGR, BaseTransform, SSDAugmentation, iou_numpy
+from utils.augmentations import (
+    CAFFE_MEAN_BGR,
+    PAPER_CROP_MODES,
+    SSD_PYTORCH_CROP_MODES,
+    BaseTransform,
+    SSDAugmentation,
+    iou_numpy,
+)
+
+SAMPLERS = ["paper", "ssd_pytorch"]
 
 
 def random_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -31,8 +44,9 @@ def test_iou_numpy_equals_box_utils_iou() -> None:
     assert iou_numpy(boxes_b, boxes_b)[0, 1] == 1.0
 
 
-def test_properties_over_thousands_of_draws() -> None:
-    aug = SSDAugmentation(size=64)
+@pytest.mark.parametrize("crop_samplers", SAMPLERS)
+def test_properties_over_thousands_of_draws(crop_samplers: str) -> None:
+    aug = SSDAugmentation(size=64, crop_samplers=crop_samplers)
     rng = np.random.default_rng(0)
     kept_some = dropped_some = 0
     for _ in range(3000):
@@ -54,10 +68,11 @@ def test_properties_over_thousands_of_draws() -> None:
     assert kept_some > 100 and dropped_some > 100  # both outcomes happen
 
 
-@pytest.mark.parametrize("min_iou", [0.3, 0.7, 0.9])
-def test_crop_meets_its_minimum_iou(min_iou: float) -> None:
+@pytest.mark.parametrize("crop_samplers", SAMPLERS)
+@pytest.mark.parametrize("min_iou", [0.3, 0.5, 0.7, 0.9])
+def test_crop_meets_its_minimum_iou(min_iou: float, crop_samplers: str) -> None:
     """ssd.pytorch's `overlap.min() < min_iou and max_iou < overlap.max()` never rejected a crop."""
-    aug = SSDAugmentation(size=64, crop_modes=(min_iou,))
+    aug = SSDAugmentation(size=64, crop_samplers=crop_samplers, crop_modes=(min_iou,))
     rng = np.random.default_rng(1)
     boxes = np.array([[30, 40, 90, 120], [100, 10, 140, 50]], np.float32)
     whole = 0
@@ -71,8 +86,9 @@ def test_crop_meets_its_minimum_iou(min_iou: float) -> None:
     assert whole < 500
 
 
-def test_crop_keeps_boxes_whose_centre_is_inside() -> None:
-    aug = SSDAugmentation(size=64, crop_modes=(None,))
+@pytest.mark.parametrize("crop_samplers", SAMPLERS)
+def test_crop_keeps_boxes_whose_centre_is_inside(crop_samplers: str) -> None:
+    aug = SSDAugmentation(size=64, crop_samplers=crop_samplers, crop_modes=(None,))
     rng = np.random.default_rng(2)
     boxes = rng.uniform(0, 100, (8, 2)).astype(np.float32)
     boxes = np.concatenate([boxes, boxes + 30], axis=1)
@@ -80,8 +96,114 @@ def test_crop_keeps_boxes_whose_centre_is_inside() -> None:
         (x0, y0, x1, y1), keep = aug.sample_crop(boxes, 130, 130, rng)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         inside = (centres[:, 0] > x0) & (centres[:, 0] < x1) & (centres[:, 1] > y0) & (centres[:, 1] < y1)
-        assert np.array_equal(keep, inside)
-        assert 0.3 * 130 - 1 <= x1 - x0 <= 130 and 0.5 <= (y1 - y0) / (x1 - x0) <= 2.05
+        assert np.array_equal(keep, inside) and keep.any()
+
+
+def test_default_crop_samplers_are_the_papers() -> None:
+    """SSD §2.2 and Caffe SSD's ssd_pascal.py: the whole image, minimum IoU 0.1, 0.3, 0.5, 0.7, 0.9, and a
+    patch without constraint; ssd.pytorch's set (without 0.5) stays available."""
+    assert PAPER_CROP_MODES == ("whole", 0.1, 0.3, 0.5, 0.7, 0.9, None)
+    assert SSD_PYTORCH_CROP_MODES == ("whole", 0.1, 0.3, 0.7, 0.9, None)
+    aug = SSDAugmentation()
+    assert (aug.crop_samplers, aug.crop_modes, aug.crop_trials) == ("paper", PAPER_CROP_MODES, 50)
+    assert SSDAugmentation(crop_samplers="ssd_pytorch").crop_modes == SSD_PYTORCH_CROP_MODES
+    with pytest.raises(ValueError, match="crop_samplers must be one of .*got 'caffe'"):
+        SSDAugmentation(crop_samplers="caffe")
+
+
+def caffe_sample_crop(boxes: np.ndarray, width: int, height: int, modes: tuple, trials: int, rng):
+    """Caffe SSD's GenerateBatchSamples and random pick, sampler by sampler and trial by trial (SampleBBox,
+    SatisfySampleConstraint), with the project's rule that a patch keeps an object. It takes the same draws
+    as SSDAugmentation.sample_crop: all scales, then aspect ratios, x and y offsets, then the pick."""
+    samplers = [mode for mode in modes if mode != "whole"]
+    shape = (len(samplers), trials)
+    scales, aspects = rng.uniform(0.3, 1.0, shape), rng.uniform(0.5, 2.0, shape)
+    x_draws, y_draws = rng.random(shape), rng.random(shape)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sampled = [(0, 0, width, height)] if "whole" in modes else []
+    for i, min_iou in enumerate(samplers):
+        for t in range(trials):
+            scale = scales[i, t]
+            aspect = min(max(aspects[i, t], scale**2), 1 / scale**2)
+            w, h = scale * math.sqrt(aspect), scale / math.sqrt(aspect)
+            x_off, y_off = x_draws[i, t] * (1 - w), y_draws[i, t] * (1 - h)
+            corners = (x_off * width, y_off * height, (x_off + w) * width, (y_off + h) * height)
+            x0, y0, x1, y1 = (int(min(max(v, 0), side)) for v, side in zip(corners, (width, height) * 2, strict=True))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            inside = (centres[:, 0] > x0) & (centres[:, 0] < x1) & (centres[:, 1] > y0) & (centres[:, 1] < y1)
+            if len(boxes) and not inside.any():
+                continue
+            rect = np.array([[x0, y0, x1, y1]], np.float32)
+            if min_iou is not None and (len(boxes) == 0 or iou_numpy(rect, boxes).max() < min_iou):
+                continue
+            sampled.append((x0, y0, x1, y1))
+            break  # max_sample 1
+    return sampled[int(rng.integers(len(sampled)))] if sampled else (0, 0, width, height)
+
+
+def test_paper_crop_equals_caffes_sampler_loop() -> None:
+    aug = SSDAugmentation(size=64)
+    for seed in range(300):
+        _, boxes, _ = random_sample(np.random.default_rng(20_000 + seed))
+        width, height = (int(v) for v in np.random.default_rng(seed).integers(40, 400, 2))
+        rect, keep = aug.sample_crop(boxes, width, height, np.random.default_rng(seed))
+        assert rect == caffe_sample_crop(boxes, width, height, PAPER_CROP_MODES, 50, np.random.default_rng(seed))
+        x0, y0, x1, y1 = rect
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        expected = (centres[:, 0] > x0) & (centres[:, 0] < x1) & (centres[:, 1] > y0) & (centres[:, 1] < y1)
+        assert np.array_equal(keep, expected if rect != (0, 0, width, height) else np.ones(len(boxes), bool))
+
+
+def test_patch_shapes_follow_each_sampler() -> None:
+    """Caffe: scale s in [0.3, 1], aspect in [0.5, 2] relative to the canvas, clipped to [s^2, 1/s^2]. On a
+    4:1 canvas its patches can be flatter than 1:2 in pixels and narrower than 0.3 of a side, which
+    ssd.pytorch's (each side in [0.3, 1], pixel aspect in [0.5, 2]) never are."""
+    width, height, no_boxes = 400, 100, np.zeros((0, 4), np.float32)
+    shapes = {}
+    for crop_samplers in SAMPLERS:
+        aug = SSDAugmentation(size=64, crop_samplers=crop_samplers, crop_modes=(None,))  # every patch passes
+        rng = np.random.default_rng(5)
+        rects = np.array([aug.sample_crop(no_boxes, width, height, rng)[0] for _ in range(2000)])
+        shapes[crop_samplers] = (rects[:, 2] - rects[:, 0]) / width, (rects[:, 3] - rects[:, 1]) / height
+    w, h = shapes["paper"]  # fractions of the canvas' sides, each within a pixel (both corners are truncated)
+    w_low, h_low, w_high, h_high = w - 1 / width, h - 1 / height, w + 1 / width, h + 1 / height
+    assert (w_high * h_high >= 0.3**2).all() and (w * h <= 1).all()
+    assert (w_high / h_low >= 0.5).all() and (w_low / h_high <= 2).all()
+    assert (h * height / (w * width) < 0.5).mean() > 0.5 and (w < 0.3).any()
+    w, h = shapes["ssd_pytorch"]
+    assert (w >= 0.3 - 1 / width).all() and (h >= 0.3 - 1 / height).all()
+    ratio = h * height / (w * width)
+    assert (ratio >= 0.5 - 0.02).all() and (ratio <= 2 + 0.02).all()
+
+
+@pytest.mark.parametrize(("crop_samplers", "whole_share"), [("paper", 1 / 2), ("ssd_pytorch", 1 / 6)])
+def test_images_without_objects(crop_samplers: str, whole_share: float) -> None:
+    """Paper: only the unconstrained sampler passes (no object reaches a minimum IoU), so the whole image
+    and one patch are the candidates; ssd.pytorch draws one of its six modes."""
+    aug = SSDAugmentation(size=64, crop_samplers=crop_samplers)
+    rng = np.random.default_rng(6)
+    rects = [aug.sample_crop(np.zeros((0, 4), np.float32), 200, 150, rng) for _ in range(1200)]
+    assert all(keep.shape == (0,) for _, keep in rects)
+    whole = np.mean([rect == (0, 0, 200, 150) for rect, _ in rects])
+    assert abs(whole - whole_share) < 0.05
+
+
+def test_old_checkpoints_resume_with_ssd_pytorch_crops(tmp_path) -> None:
+    """A checkpoint written before --crop_samplers existed trained with ssd.pytorch's samplers; new runs
+    default to the paper's."""
+    import train
+    from utils.training import resolve_resume
+
+    parser = train.get_args_parser()
+    defaults = vars(parser.parse_args([]))
+    assert defaults["crop_samplers"] == "paper"
+    old_args = {k: v for k, v in defaults.items() if k != "crop_samplers"}
+    torch.save({"optimizer": {}, "args": old_args}, tmp_path / "old.pth")
+    torch.save({"optimizer": {}, "args": {**defaults, "crop_samplers": "paper"}}, tmp_path / "new.pth")
+    for name, expected in (("old.pth", "ssd_pytorch"), ("new.pth", "paper")):
+        args, _, _ = resolve_resume(parser.parse_args(["--resume", str(tmp_path / name)]), defaults)
+        assert isinstance(args, argparse.Namespace) and args.crop_samplers == expected
 
 
 def straightforward(aug: SSDAugmentation, image, boxes, labels, rng):
@@ -111,8 +233,9 @@ def straightforward(aug: SSDAugmentation, image, boxes, labels, rng):
     return out.transpose(2, 0, 1), boxes / [x1 - x0, y1 - y0, x1 - x0, y1 - y0], labels[keep]
 
 
-def test_fused_pipeline_equals_the_straightforward_one() -> None:
-    aug = SSDAugmentation(size=96)
+@pytest.mark.parametrize("crop_samplers", SAMPLERS)
+def test_fused_pipeline_equals_the_straightforward_one(crop_samplers: str) -> None:
+    aug = SSDAugmentation(size=96, crop_samplers=crop_samplers)
     for seed in range(300):
         image, boxes, labels = random_sample(np.random.default_rng(10_000 + seed))
         out, out_boxes, out_labels = aug(image, boxes, labels, rng=np.random.default_rng(seed))

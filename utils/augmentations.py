@@ -11,8 +11,9 @@ The mean is given in BGR order, the order of the image file; the output is reord
 ssd.pytorch's released weights were trained on.
 
 :class:`SSDAugmentation` is the paper's pipeline: photometric distortion, expand ("zoom out"), random
-sample crop ("zoom in"), horizontal mirror, resize, mean subtraction. Its speed comes from three choices
-that leave the result unchanged:
+sample crop ("zoom in"), horizontal mirror, resize, mean subtraction. The crop follows SSD §2.2 and Caffe
+SSD by default (``crop_samplers="paper"``) or ssd.pytorch (``"ssd_pytorch"``); see
+:meth:`SSDAugmentation.sample_crop`. Its speed comes from three choices that leave the result unchanged:
 
 * the geometry (expand placement, crop rectangle) is drawn first, so the photometric steps, which act on
   each pixel alone, run only on the part of the image that survives the crop;
@@ -35,9 +36,16 @@ CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # ssd.pytorch / Caffe VGG-16 (vgg16_redu
 TORCHVISION_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
 TORCHVISION_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
 
-# Random sample crop modes, SSD §2.2: the whole image, a patch whose IoU with an object is at least
-# 0.1/0.3/0.7/0.9, or any patch (None: no IoU constraint).
-CROP_MODES: tuple[float | str | None, ...] = ("whole", 0.1, 0.3, 0.7, 0.9, None)
+# Random sample crop modes: "whole" the whole image, a number the minimum IoU a patch must reach with some
+# object, None a patch without IoU constraint. SSD §2.2 and Caffe SSD's ssd_pascal.py batch_sampler use
+# these seven; ssd.pytorch's RandomSampleCrop leaves out 0.5.
+PAPER_CROP_MODES: tuple[float | str | None, ...] = ("whole", 0.1, 0.3, 0.5, 0.7, 0.9, None)
+SSD_PYTORCH_CROP_MODES: tuple[float | str | None, ...] = ("whole", 0.1, 0.3, 0.7, 0.9, None)
+# --crop_samplers: the crop rule and its modes (SSDAugmentation.sample_crop says how they differ).
+CROP_SAMPLERS: dict[str, tuple[float | str | None, ...]] = {
+    "paper": PAPER_CROP_MODES,
+    "ssd_pytorch": SSD_PYTORCH_CROP_MODES,
+}
 _CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 _IDENTITY = np.arange(256, dtype=np.float32)
 
@@ -54,6 +62,15 @@ def _to_output(image: np.ndarray, mean_bgr: np.ndarray, inv_std_bgr: np.ndarray 
         if inv_std_bgr is not None:
             channel *= inv_std_bgr[k]
     return out
+
+
+def _centres_inside(boxes: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+    """Whether each box's centre lies strictly inside each rectangle: boxes [N, 4] xyxy, corners [T] -> [T, N]."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2]
+    return (
+        (centres[None, :, 0] > x0[:, None]) & (centres[None, :, 1] > y0[:, None])
+        & (centres[None, :, 0] < x1[:, None]) & (centres[None, :, 1] < y1[:, None])
+    )  # fmt: skip
 
 
 def _check_inputs(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> None:
@@ -152,8 +169,10 @@ class SSDAugmentation:
         mean: per-channel mean in BGR order, 0-255 units.
         std: optional per-channel std in BGR order, 0-255 units.
         max_expand: largest zoom-out factor per side (SSD: 4, i.e. up to 16x the image area).
-        crop_trials: crop rectangles tried per mode before another mode is drawn.
-        crop_modes: the modes :meth:`sample_crop` draws from (default :data:`CROP_MODES`).
+        crop_samplers: ``"paper"`` (SSD §2.2, Caffe SSD) or ``"ssd_pytorch"``, a key of :data:`CROP_SAMPLERS`:
+            the crop rule of :meth:`sample_crop` and its default modes.
+        crop_trials: crop rectangles tried per mode (Caffe SSD's max_trials).
+        crop_modes: the modes :meth:`sample_crop` uses; default: those of ``crop_samplers``.
         seed: seed of the generator used when ``__call__`` gets no ``rng``.
     """
 
@@ -163,17 +182,21 @@ class SSDAugmentation:
         mean: tuple[float, ...] = CAFFE_MEAN_BGR,
         std: tuple[float, ...] | None = None,
         max_expand: float = 4.0,
+        crop_samplers: str = "paper",
         crop_trials: int = 50,
-        crop_modes: tuple[float | str | None, ...] = CROP_MODES,
+        crop_modes: tuple[float | str | None, ...] | None = None,
         seed: int | None = None,
     ) -> None:
+        if crop_samplers not in CROP_SAMPLERS:
+            raise ValueError(f"crop_samplers must be one of {sorted(CROP_SAMPLERS)}, got {crop_samplers!r}")
         self.size = size
         self.mean = np.asarray(mean, dtype=np.float32)
         self.inv_std = None if std is None else 1.0 / np.asarray(std, dtype=np.float32)
         self.fill = np.clip(np.round(self.mean), 0, 255).astype(np.uint8)
         self.max_expand = max_expand
+        self.crop_samplers = crop_samplers
         self.crop_trials = crop_trials
-        self.crop_modes = crop_modes
+        self.crop_modes = CROP_SAMPLERS[crop_samplers] if crop_modes is None else crop_modes
         self.rng = np.random.default_rng(seed)
 
     def __call__(
@@ -263,16 +286,63 @@ class SSDAugmentation:
     ) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """Draw a crop rectangle of a ``width`` x ``height`` canvas (SSD §2.2 "randomly sample a patch").
 
-        A mode is drawn from ``self.crop_modes``. A candidate patch has each side in [0.3, 1] of the canvas
-        and an aspect ratio h/w in [0.5, 2]. It is rejected when no object reaches the mode's minimum IoU
-        (as Caffe SSD's sampler; ssd.pytorch's test never rejected anything) or when no object's centre
-        lies inside it. After ``crop_trials`` rejections another mode is drawn.
+        Each mode of ``self.crop_modes`` is a sampler: "whole" gives the whole canvas; the others try up to
+        ``crop_trials`` random patches. A patch passes when some object reaches the mode's minimum IoU with
+        it (Caffe SSD's SatisfySampleConstraint; ssd.pytorch's own test never rejected anything) and, as in
+        ssd.pytorch, some object's centre lies inside it: a crop keeps the objects whose centre it holds
+        (Caffe's emit_type CENTER; Caffe keeps a crop that holds none, and then learns nothing from it).
+
+        * ``"paper"`` (Caffe SSD's ssd_pascal.py): each sampler keeps its first passing patch, and one of the
+          passing patches and the whole canvas is drawn uniformly (GenerateBatchSamples, then a random
+          pick). A patch has a scale s in [0.3, 1] and an aspect ratio a in [0.5, 2] clipped to
+          [s^2, 1/s^2], and sides ``s * sqrt(a)`` x ``s / sqrt(a)`` of the canvas' (SampleBBox). In an image
+          without objects only the unconstrained sampler (None) can pass.
+        * ``"ssd_pytorch"`` (RandomSampleCrop): one mode is drawn at a time; after ``crop_trials``
+          rejections another is drawn. A patch has each side in [0.3, 1] of the canvas' and a pixel aspect
+          ratio h/w in [0.5, 2]. In an image without objects every mode crops.
 
         Returns:
             ``(x0, y0, x1, y1)`` integer pixel rectangle, and the bool mask [N] of boxes kept (centre inside).
         """
+        if self.crop_samplers == "paper":
+            return self._sample_crop_paper(boxes, width, height, rng)
+        return self._sample_crop_ssd_pytorch(boxes, width, height, rng)
+
+    def _sample_crop_paper(
+        self, boxes: np.ndarray, width: int, height: int, rng: np.random.Generator
+    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        modes = [mode for mode in self.crop_modes if mode != "whole"]
+        # Every trial of every sampler at once; a sampler's first passing trial is the one Caffe's loop keeps.
+        shape = (len(modes), self.crop_trials)
+        scale = rng.uniform(0.3, 1.0, shape)
+        aspect = np.clip(rng.uniform(0.5, 2.0, shape), scale**2, 1 / scale**2)  # w and h stay <= 1
+        w, h = scale * np.sqrt(aspect), scale / np.sqrt(aspect)  # [S, T], fractions of the canvas
+        x_off, y_off = rng.random(shape) * (1 - w), rng.random(shape) * (1 - h)
+        rects = np.stack([x_off * width, y_off * height, (x_off + w) * width, (y_off + h) * height], axis=-1)
+        rects = np.clip(rects, 0, [width, height, width, height]).astype(np.int64).reshape(-1, 4)  # [S*T, 4]
+        x0, y0, x1, y1 = rects.T
+        min_iou = np.repeat([-1.0 if mode is None else float(mode) for mode in modes], self.crop_trials)  # [S*T]
+        ok = (x1 > x0) & (y1 > y0)  # [S*T]
+        if len(boxes) == 0:
+            ok &= min_iou < 0  # no object can reach a minimum IoU
+            inside = np.zeros((len(rects), 0), dtype=bool)
+        else:
+            ok &= (min_iou < 0) | (iou_numpy(rects.astype(np.float32), boxes).max(axis=1) >= min_iou)
+            inside = _centres_inside(boxes, x0, y0, x1, y1)  # [S*T, N]
+            ok &= inside.any(axis=1)
+        ok = ok.reshape(shape)  # [S, T]
+        found = np.flatnonzero(ok.any(axis=1))  # the samplers that found a patch
+        first = found * self.crop_trials + ok[found].argmax(axis=1)  # each one's first patch, a row of rects
+        candidates = [-1] * ("whole" in self.crop_modes) + first.tolist()  # -1: the whole canvas
+        pick = candidates[int(rng.integers(len(candidates)))] if candidates else -1
+        if pick < 0:
+            return (0, 0, width, height), np.ones(len(boxes), dtype=bool)
+        return (int(x0[pick]), int(y0[pick]), int(x1[pick]), int(y1[pick])), inside[pick]
+
+    def _sample_crop_ssd_pytorch(
+        self, boxes: np.ndarray, width: int, height: int, rng: np.random.Generator
+    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
         everything = (0, 0, width, height), np.ones(len(boxes), dtype=bool)
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2]
         for _ in range(16):  # bounded: with the default modes a "whole" draw ends it with probability 1/6
             mode = self.crop_modes[int(rng.integers(len(self.crop_modes)))]
             if mode == "whole":
@@ -290,10 +360,7 @@ class SSDAugmentation:
                 rects = np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)  # [T, 4]
                 if mode is not None:
                     ok &= iou_numpy(rects, boxes).max(axis=1) >= mode  # [T]
-                inside = (
-                    (centres[None, :, 0] > x0[:, None]) & (centres[None, :, 1] > y0[:, None])
-                    & (centres[None, :, 0] < x1[:, None]) & (centres[None, :, 1] < y1[:, None])
-                )  # [T, N]  # fmt: skip
+                inside = _centres_inside(boxes, x0, y0, x1, y1)  # [T, N]
                 ok &= inside.any(axis=1)
             if ok.any():
                 k = int(np.argmax(ok))

@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 # command line, and operational ones, from the command line when given there.
 PER_INVOCATION_ARGS = ("resume", "epochs_per_run")
 OPERATIONAL_ARGS = ("device", "num_workers", "verbose")
+# Arguments added since checkpoints were first written, with the value those checkpoints trained with where it
+# is not the new default: an older run resumes as it started.
+FORMER_DEFAULTS = {"crop_samplers": "ssd_pytorch"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -142,7 +145,8 @@ def resolve_resume(
     checkpoint = read_checkpoint(path)
     if "optimizer" not in checkpoint or "args" not in checkpoint:
         raise ValueError(f"{path} is not a train.py checkpoint (no optimizer state); use it with --finetune instead")
-    saved = {**defaults, **checkpoint["args"]}  # arguments added since the checkpoint was written: defaults
+    # Arguments added since the checkpoint was written: what it trained with, else the defaults.
+    saved = {**defaults, **FORMER_DEFAULTS, **checkpoint["args"]}
     saved.update({k: getattr(args, k) for k in OPERATIONAL_ARGS if getattr(args, k) != defaults[k]})
     saved.update({k: getattr(args, k) for k in PER_INVOCATION_ARGS})
     return argparse.Namespace(**saved), checkpoint, path
@@ -152,7 +156,8 @@ def build_train_loader(
     args: argparse.Namespace, preset: DatasetPreset, preprocess: Preprocess, dist: DistInfo, device: torch.device
 ) -> tuple[DetectionDataset, EpochSampler, DataLoader]:
     """The augmented training set, its resumable sampler and the loader of this process's share of a batch."""
-    augmentation = SSDAugmentation(args.size, preprocess.mean, preprocess.std, max_expand=args.max_expand)
+    augmentation = SSDAugmentation(args.size, preprocess.mean, preprocess.std, max_expand=args.max_expand,
+                                   crop_samplers=args.crop_samplers)  # fmt: skip
     dataset = build_dataset(preset, args.dataset_root, "train", augmentation, args.image_set, args.keep_difficult,
                             args.skip_bad, args.seed)  # fmt: skip
     if len(dataset) < args.batch_size:
