@@ -72,7 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="paper_voc: lr 1e-3, x0.1 at 80k and 100k of 120k iterations of 32 images, in epochs")  # fmt: skip
     optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", default=[], help="multistep: epochs of the x gamma drops")
     optim.add_argument("--gamma", type=POSITIVE_FLOAT, default=0.1)
-    optim.add_argument("--warmup_epochs", type=NON_NEGATIVE_FLOAT, default=1.0)
+    optim.add_argument("--warmup_epochs", type=NON_NEGATIVE_FLOAT, default=None,
+                       help="linear lr warmup; default 1 epoch, none with --schedule paper_voc (the paper has none)")  # fmt: skip
     optim.add_argument("--max_grad_norm", type=NON_NEGATIVE_FLOAT, default=0.0, help="clip gradients to this norm (0: off)")
     optim.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
     run = parser.add_argument_group("run")

@@ -14,6 +14,7 @@ from data.shapes import generate
 from layers.multibox_loss import MultiBoxLoss
 from ssd import SSD
 from utils.checkpoint import RawWeights, load_detector, read_checkpoint
+from utils.cli import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ def args_for(shapes: Path, project: Path, *extra: str) -> list[str]:
 
 
 def run_main(argv: list[str]) -> int:
-    return train.main(train.get_args_parser().parse_args(argv))
+    return train.main(parse_args(train.get_args_parser(), argv))  # as run_cli parses: it knows the typed flags
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -159,6 +160,91 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
     assert saved["epoch"] == 1 and all(
         torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point()
     )
+
+
+def test_one_ctrl_c_mid_epoch_saves_and_the_resumed_log_is_exact(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fidelity issue, item 3, and new-user issue, case 12: a SIGINT during step 2 of 4 stops after that step,
+    # saves, and the resumed epoch logs the mean over all 4 steps, as the uninterrupted run does.
+    import signal
+
+    from utils.training import Trainer
+
+    four_steps = ("--end_epoch", "1", "--batch_size", "2")
+    assert run_main(args_for(shapes, tmp_path / "a", *four_steps)) == 0
+    real_step, calls = Trainer.train_step, {"n": 0}
+
+    def sigint_during_second_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C delivers it
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", sigint_during_second_step)
+    assert run_main(args_for(shapes, tmp_path / "b", *four_steps)) == 130
+    saved = read_checkpoint(tmp_path / "b" / "exp1" / "last.pth")
+    assert (saved["epoch"], saved["epoch_step"], saved["epoch_steps"]) == (0, 2, 2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert run_main(["--resume", str(tmp_path / "b" / "exp1" / "last.pth"), "--device", "cpu"]) == 0
+    assert losses(tmp_path / "b" / "exp1") == pytest.approx(losses(tmp_path / "a" / "exp1"), abs=1e-6)
+    assert_same_weights(tmp_path / "a" / "exp1" / "last.pth", tmp_path / "b" / "exp1" / "last.pth")
+
+
+def test_resume_never_ignores_a_typed_flag(shapes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Fidelity issue, item 4: --end_epoch trains a finished run longer, and says the run changed; other settings
+    # are refused in one line.
+    assert run_main(args_for(shapes, tmp_path / "runs", "--end_epoch", "1")) == 0
+    resume = ["--resume", "auto", "--project", str(tmp_path / "runs"), "--device", "cpu"]
+    with pytest.raises(ValueError, match="--resume continues .* so --lr, --optimizer would be ignored; .*--finetune"):
+        run_main([*resume, "--lr", "0.5", "--optimizer", "sgd"])
+    with caplog.at_level("WARNING"):
+        assert run_main(resume) == 0  # nothing typed: it says the run is done and trains nothing
+    assert "already trained its 1 epochs; resume with --end_epoch N" in caplog.text
+    assert len(losses(tmp_path / "runs" / "exp1")) == 2
+    with pytest.raises(ValueError, match="has trained 1 epochs; --end_epoch 1 must be larger"):
+        run_main([*resume, "--end_epoch", "1"])
+    assert run_main([*resume, "--end_epoch", "2"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "runs" / "exp1" / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "note" not in records[0]
+    assert "changed from 1 to 2" in records[1]["note"] and "not equal to an uninterrupted 2-epoch run" in records[1]["note"]
+    assert read_checkpoint(tmp_path / "runs" / "exp1" / "last.pth")["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--schedule", "paper_voc", "--end_epoch", "1"), "--schedule paper_voc fixes the length .* so --end_epoch would be ignored"),
+        (("--schedule", "cosine", "--milestones", "3"), "--milestones sets the lr drops of --schedule multistep"),
+        (("--finetune", "x.pth", "--basenet", "vgg.pth"), "--finetune x.pth starts from a whole detector .* --basenet vgg.pth would be ignored"),
+    ],
+)  # fmt: skip
+def test_conflicting_schedule_flags_are_refused(shapes: Path, tmp_path: Path, extra: tuple, message: str) -> None:
+    # New-user issue, case 6; and no empty run folder is left behind (case 20).
+    argv = [a for a in args_for(shapes, tmp_path / "runs") if a not in ("--basenet", "none")]
+    with pytest.raises(ValueError, match=message):
+        run_main([*argv, *extra])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_paper_schedule_has_no_warmup_unless_asked(tmp_path: Path) -> None:
+    # Fidelity issue, item 6.
+    from utils.training import resolve_schedule
+
+    parser = train.get_args_parser()
+    paper = resolve_schedule(parser.parse_args(["--schedule", "paper_voc"]), 16551, 517)[1]
+    assert paper.warmup_iters == 0 and paper.kind == "multistep"
+    asked = resolve_schedule(parser.parse_args(["--schedule", "paper_voc", "--warmup_epochs", "0.5"]), 16551, 517)[1]
+    assert asked.warmup_iters == round(0.5 * 517)
+    assert resolve_schedule(parser.parse_args([]), 16551, 517)[1].warmup_iters == 517  # cosine: 1 epoch
+
+
+def test_a_failed_start_leaves_no_run_folder(shapes: Path, tmp_path: Path) -> None:  # new-user issue, case 20
+    argv = [a for a in args_for(shapes, tmp_path / "runs") if a not in ("--basenet", "none")]
+    with pytest.raises(FileNotFoundError, match="base network"):
+        run_main([*argv, "--basenet", str(tmp_path / "missing.pth")])
+    assert not list((tmp_path / "runs").glob("exp*"))
 
 
 def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -7,7 +7,9 @@ import argparse
 import json
 import logging
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from utils.distributed import DistInfo, all_reduce_sum
 from utils.evaluation import default_metric, evaluate
 from utils.plots import plot_training
 from utils.predict import Predictor
-from utils.runs import increment_run_dir
+from utils.runs import check_writable, increment_run_dir
 from utils.runtime import mixed_precision_dtype
 from utils.schedule import Schedule, paper_voc_epochs
 
@@ -113,6 +115,13 @@ def build_optimizer(args: argparse.Namespace, model: SSD) -> torch.optim.Optimiz
     return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
+def warmup_epochs(args: argparse.Namespace) -> float:
+    """``--warmup_epochs`` when given; else 1 epoch, except under the paper's schedule, which has none."""
+    if args.warmup_epochs is not None:
+        return args.warmup_epochs
+    return 0.0 if args.schedule == "paper_voc" else 1.0
+
+
 def resolve_schedule(args: argparse.Namespace, dataset_size: int, steps_per_epoch: int) -> tuple[int, Schedule]:
     """The number of epochs and the per-iteration lr schedule."""
     epochs, milestones, kind = args.end_epoch, args.milestones, args.schedule
@@ -121,7 +130,7 @@ def resolve_schedule(args: argparse.Namespace, dataset_size: int, steps_per_epoc
         kind = "multistep"
     schedule = Schedule(
         total_iters=epochs * steps_per_epoch,
-        warmup_iters=round(args.warmup_epochs * steps_per_epoch),
+        warmup_iters=round(warmup_epochs(args) * steps_per_epoch),
         kind=kind,
         milestones=tuple(m * steps_per_epoch for m in milestones),
         gamma=args.gamma,
@@ -137,19 +146,68 @@ def resolve_resume(
     On ``--resume`` every argument comes from the checkpoint, except the per-invocation ones (always from the
     command line) and the operational ones, from the command line where they differ from ``defaults``.
     """
+    typed = getattr(args, "typed_flags", frozenset())
     if not args.resume:
         if args.dataset_root is None:
             raise ValueError("--dataset_root is required (the dataset folder), unless you --resume a run")
+        check_new_run_flags(args, typed)
         return args, None, None
     path = find_resume_checkpoint(args.resume, args.project)
     checkpoint = read_checkpoint(path)
     if "optimizer" not in checkpoint or "args" not in checkpoint:
         raise ValueError(f"{path} is not a train.py checkpoint (no optimizer state); use it with --finetune instead")
+    ignored = sorted(typed - set(OPERATIONAL_ARGS) - set(PER_INVOCATION_ARGS) - {"project", "end_epoch"})
+    if ignored:
+        raise ValueError(
+            f"--resume continues {path} with the settings it was started with, so "
+            f"{', '.join('--' + name for name in ignored)} would be ignored; drop them, or start a new run from "
+            f"its weights with --finetune {path}"
+        )
     # Arguments added since the checkpoint was written: what it trained with, else the defaults.
     saved = {**defaults, **FORMER_DEFAULTS, **checkpoint["args"]}
     saved.update({k: getattr(args, k) for k in OPERATIONAL_ARGS if getattr(args, k) != defaults[k]})
     saved.update({k: getattr(args, k) for k in PER_INVOCATION_ARGS})
+    if "end_epoch" in typed:
+        saved.update(change_length(saved, args.end_epoch, int(checkpoint["epoch"]), path))
     return argparse.Namespace(**saved), checkpoint, path
+
+
+def check_new_run_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
+    """Refuse flags that the others make meaningless, naming both (a typed flag is never ignored silently)."""
+    if args.schedule == "paper_voc":
+        for name in sorted(typed & {"end_epoch", "milestones"}):
+            raise ValueError(
+                f"--schedule paper_voc fixes the length and the lr drops (the paper's 120k iterations of 32 images, "
+                f"x0.1 at 80k and 100k), so --{name} would be ignored; drop it, or use --schedule multistep "
+                "--milestones ... --end_epoch N"
+            )
+    if args.schedule == "cosine" and "milestones" in typed:
+        raise ValueError("--milestones sets the lr drops of --schedule multistep; with --schedule cosine it would be "
+                         "ignored: drop it, or pick --schedule multistep")  # fmt: skip
+    if args.finetune and "basenet" in typed:
+        raise ValueError(f"--finetune {args.finetune} starts from a whole detector (all but its conf heads), so "
+                         f"--basenet {args.basenet} would be ignored; give one of them")  # fmt: skip
+    if args.schedule == "paper_voc" and "warmup_epochs" in typed and args.warmup_epochs > 0:
+        logger.info("--schedule paper_voc with --warmup_epochs %g: a warmup the paper's schedule does not have",
+                    args.warmup_epochs)  # fmt: skip
+
+
+def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Path) -> dict[str, Any]:
+    """The saved arguments' changes for ``--resume ... --end_epoch N``: training a run longer (or shorter).
+
+    The lr schedule is recomputed for the new length, so from here on the run differs from an uninterrupted
+    run of either length; the change is logged, kept in the arguments and noted in every later log record.
+    """
+    if saved["schedule"] == "paper_voc":
+        raise ValueError(f"{path} follows --schedule paper_voc, whose length is fixed; --end_epoch cannot change it")
+    if end_epoch <= trained:
+        raise ValueError(f"{path} has trained {trained} epochs; --end_epoch {end_epoch} must be larger to train it on")
+    if end_epoch == saved["end_epoch"]:
+        return {}
+    note = (f"--end_epoch changed from {saved['end_epoch']} to {end_epoch} on resuming after epoch {trained}: the lr "
+            f"schedule was recomputed, so this run is not equal to an uninterrupted {end_epoch}-epoch run")  # fmt: skip
+    logger.warning(note)
+    return {"end_epoch": end_epoch, "length_changes": [*saved.get("length_changes", []), note]}
 
 
 def build_train_loader(
@@ -188,10 +246,8 @@ class Trainer:
         self.args, self.device, self.dist = args, device, dist
         if args.batch_size % dist.world_size:
             raise ValueError(f"--batch_size {args.batch_size} must be divisible by the {dist.world_size} processes")
-        if not dist.is_main:
-            self.run_dir: Path | None = None
-        else:
-            self.run_dir = resume_path.parent if resume_path is not None else increment_run_dir(args.project, args.name)
+        if dist.is_main and resume_path is None:
+            check_writable(args.project)  # the run folder itself is made once everything is built
         seed_everything(args.seed)
 
         self.preset = get_preset(args.dataset, args.classes)
@@ -214,6 +270,9 @@ class Trainer:
         # float16 needs loss scaling against gradient underflow; bfloat16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.epoch, self.epoch_step, self.iteration, self.best_map = 0, 0, 0, None
+        # The running loss sums, step count and time of the current epoch: a checkpoint saved mid-epoch keeps
+        # them, so the resumed epoch logs the mean over all its steps.
+        self.epoch_sums, self.epoch_steps, self.epoch_time = torch.zeros(2, dtype=torch.float64), 0, 0.0
         if checkpoint is not None:
             self.load_state(checkpoint)
 
@@ -223,9 +282,14 @@ class Trainer:
         self.criterion = MultiBoxLoss(self.preset.num_classes, normalizer=normalizer)
         self.test_dataset = self.build_test_dataset() if dist.is_main and args.eval_interval > 0 else None
         self.records: list[dict] = []
+        self.stop_requested = False
+        self.run_dir: Path | None = None
+        if dist.is_main:
+            self.run_dir = resume_path.parent if resume_path is not None else increment_run_dir(args.project, args.name)
         self.tensorboard = self.open_tensorboard() if dist.is_main and args.tensorboard else None
         if self.run_dir is not None:
-            (self.run_dir / "args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+            saved_args = {k: v for k, v in vars(args).items() if k != "typed_flags"}
+            (self.run_dir / "args.json").write_text(json.dumps(saved_args, indent=2, default=str))
             log = self.run_dir / "log.txt"
             if log.is_file():  # a resumed run keeps the epochs its checkpoint covers
                 self.records = [r for r in map(json.loads, log.read_text().splitlines()) if r["epoch"] <= self.epoch]
@@ -257,7 +321,10 @@ class Trainer:
             "epoch_step": self.epoch_step,
             "iteration": self.iteration,
             "best_map": self.best_map,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+            "epoch_sums": self.epoch_sums.clone(),
+            "epoch_steps": self.epoch_steps,
+            "epoch_time": self.epoch_time,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items() if k != "typed_flags"},
             "rng": rng_states(),
         }
 
@@ -268,6 +335,9 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.epoch_step = int(checkpoint["epoch"]), int(checkpoint["epoch_step"])
         self.iteration, self.best_map = int(checkpoint["iteration"]), checkpoint["best_map"]
+        if "epoch_sums" in checkpoint:  # older checkpoints: the resumed epoch's log covers its new steps only
+            self.epoch_sums = checkpoint["epoch_sums"].to(torch.float64)
+            self.epoch_steps, self.epoch_time = int(checkpoint["epoch_steps"]), float(checkpoint["epoch_time"])
         restore_rng_states(checkpoint["rng"])
         logger.info("resuming at epoch %d, step %d (iteration %d)", self.epoch + 1, self.epoch_step, self.iteration)
 
@@ -306,16 +376,18 @@ class Trainer:
         self.model.train()
         self.dataset.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.loader.batch_size)
-        sums, steps, start = torch.zeros(2), 0, time.perf_counter()
+        start, steps_this_run = time.perf_counter() - self.epoch_time, 0
         for images, targets in self.loader:
             lr = self.scheduler.get_last_lr()[0]
             terms = self.train_step(images, targets).cpu()
-            sums += terms
-            steps += 1
+            self.epoch_sums += terms
+            self.epoch_steps += 1
+            steps_this_run += 1
             self.epoch_step += 1
             self.iteration += 1
+            self.epoch_time = time.perf_counter() - start
             if bar is not None:
-                speed = steps * self.args.batch_size / (time.perf_counter() - start)
+                speed = self.epoch_steps * self.args.batch_size / self.epoch_time
                 bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
                 bar.set_postfix(
                     loss_l=f"{terms[0]:.3f}", loss_c=f"{terms[1]:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}"
@@ -324,11 +396,17 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.add_scalars("loss", {"loc": terms[0], "conf": terms[1]}, self.iteration)
                 self.tensorboard.add_scalar("lr", lr, self.iteration)
-        elapsed = time.perf_counter() - start
-        means = (sums / max(steps, 1)).tolist()
-        return {"epoch": self.epoch + 1, "iteration": self.iteration, "loss": means[0] + means[1], "loss_l": means[0],
-                "loss_c": means[1], "lr": self.scheduler.get_last_lr()[0],
-                "images_per_s": steps * self.args.batch_size / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
+            if self.stop_requested:  # Ctrl-C: stop between steps, where the state is whole
+                raise KeyboardInterrupt
+        means = (self.epoch_sums / max(self.epoch_steps, 1)).tolist()
+        record = {"epoch": self.epoch + 1, "iteration": self.iteration, "loss": means[0] + means[1], "loss_l": means[0],
+                  "loss_c": means[1], "lr": self.scheduler.get_last_lr()[0],
+                  "images_per_s": self.epoch_steps * self.args.batch_size / max(self.epoch_time, 1e-9),
+                  "time_s": self.epoch_time}  # fmt: skip
+        if getattr(self.args, "length_changes", None):
+            record["note"] = self.args.length_changes[-1]
+        self.epoch_sums, self.epoch_steps, self.epoch_time = torch.zeros(2, dtype=torch.float64), 0, 0.0
+        return record
 
     def evaluate(self) -> dict | None:
         if self.test_dataset is None:
@@ -367,8 +445,29 @@ class Trainer:
         (self.run_dir / "results.csv").write_text("\n".join(rows) + "\n")
         plot_training(self.run_dir / "results.png", self.records)
 
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGINT handler: the first Ctrl-C asks the loop to save and stop after the current step (raising from a
+        signal handler can land inside library code that swallows it); a second one stops at once."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
     def fit(self) -> int:
         """Train to the last epoch (or ``--epochs_per_run``); returns the exit status."""
+        if self.epoch >= self.epochs:
+            logger.warning("the run has already trained its %d epochs; resume with --end_epoch N (N > %d) to train it "
+                           "longer", self.epochs, self.epochs)  # fmt: skip
+            return 0
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self.request_stop) if in_main_thread else None
+        try:
+            return self._fit()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _fit(self) -> int:
         args = self.args
         total = self.epochs * self.steps_per_epoch
         bar = tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True) if self.dist.is_main else None
@@ -386,16 +485,15 @@ class Trainer:
                 if args.epochs_per_run and epochs_this_run >= args.epochs_per_run and self.epoch < self.epochs:
                     path = self.save("last.pth")
                     if path is not None:
-                        print(
-                            f"stopped after {epochs_this_run} epoch(s) (--epochs_per_run); resume with: python train.py --resume {path}"
-                        )
+                        logger.info("stopped after %d epoch(s) (--epochs_per_run); resume with: python train.py "
+                                    "--resume %s", epochs_this_run, path)  # fmt: skip
                     return 0
         except KeyboardInterrupt:
-            path = self.save("last.pth")
-            if path is not None:
-                print(f"\ninterrupted at epoch {self.epoch + 1}, step {self.epoch_step}; saved {path}; "
-                      f"resume with: python train.py --resume {path}", file=sys.stderr)  # fmt: skip
-            return 130
+            return self.interrupted()
+        except Exception:
+            if self.stop_requested:  # the Ctrl-C also stopped the loader's worker processes
+                return self.interrupted()
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -403,5 +501,13 @@ class Trainer:
                 self.tensorboard.close()
         if self.run_dir is not None:
             best = f", best mAP {self.best_map:.4f} ({self.run_dir / 'best.pth'})" if self.best_map is not None else ""
-            print(f"finished {self.epochs} epochs: {self.run_dir / 'last.pth'}{best}")
+            logger.info("finished %d epochs: %s%s", self.epochs, self.run_dir / "last.pth", best)
         return 0
+
+    def interrupted(self) -> int:
+        """Save ``last.pth`` after a Ctrl-C and say how to resume; exit status 130."""
+        path = self.save("last.pth")
+        if path is not None:
+            print(f"\ninterrupted at epoch {self.epoch + 1}, step {self.epoch_step}; saved {path}; "
+                  f"resume with: python train.py --resume {path}", file=sys.stderr)  # fmt: skip
+        return 130
