@@ -14,6 +14,7 @@ import numpy as np
 
 from benchmarks.common import get_args_parser, measure, report, setup
 from tests.reference import loop_voc_eval
+from utils.cli import POSITIVE_INT
 from utils.voc_eval import eval_detection_voc
 
 
@@ -55,8 +56,8 @@ def loop_aps(data: dict, num_classes: int) -> np.ndarray:
 
 def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=4952)
-    parser.add_argument("--dets", type=int, default=200)
+    parser.add_argument("--images", type=POSITIVE_INT, default=4952)
+    parser.add_argument("--dets", type=POSITIVE_INT, default=200)
     parser.set_defaults(rounds=3, warmup=0, number=1)
     args = parser.parse_args()
     device = setup(args)

@@ -20,19 +20,19 @@ from typing import Any
 
 import torch
 
-from utils.cli import configure_torch
+from utils.cli import NON_NEGATIVE_INT, POSITIVE_INT, configure_torch
 
 
 def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads (default: all cores)")
-    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch/OpenCV threads (default: all cores)")
+    parser.add_argument("--batch", type=POSITIVE_INT, default=batch)
     parser.add_argument("--amp", action="store_true",
                         help="also measure mixed precision: float16 autocast on CUDA; bfloat16 for inference on a CPU")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=7, help="measured rounds per candidate")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds per candidate")
-    parser.add_argument("--number", type=int, default=None,
+    parser.add_argument("--rounds", type=POSITIVE_INT, default=7, help="measured rounds per candidate")
+    parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=2, help="unmeasured rounds per candidate")
+    parser.add_argument("--number", type=POSITIVE_INT, default=None,
                         help="calls per round (default: enough to fill 50 ms, counted from the last warm-up round)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default: runs/bench/<name>.json)")
     return parser
