@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from layers.box_utils import DEFAULT_VARIANCES, Variances, decode
 
@@ -72,14 +72,97 @@ class DetectSettings:
 SSD_PYTORCH_SETTINGS = DetectSettings(top_k=200, keep_top_k=None)
 
 
+# Boxes per call of torchvision's NMS kernel. A call compares each kept box with every later box of the call,
+# whatever its group: fewer boxes per call waste less work across groups, more make fewer calls
+# (benchmarks/bench_detect.py).
+BOXES_PER_NMS_CALL = 128
+
+
+def nms_within_groups(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS within each group, with IoU in float64: the same decisions whatever else is in the batch.
+
+    A box is suppressed when its IoU with an earlier kept box of its group exceeds ``iou_threshold``, the IoU
+    computed in float64 as torchvision's CPU kernel does (``inter / (area_a + area_b - inter)``). Groups share calls
+    of that kernel, each group shifted into a slot of its own: slots are a power of two apart, more than twice the
+    largest |coordinate| of the call, so groups cannot overlap. A shift that would round a coordinate would change
+    IoUs in the last bits; the groups of a call where one would go through the kernel one by one, unshifted.
+
+    The kernel runs on the CPU whatever the device: torchvision's CUDA kernel compares IoU with the threshold
+    rounded to float32 and breaks equal scores in any order.
+
+    Args:
+        boxes (Tensor[M, 4]): xyxy, best first: a box can only be suppressed by an earlier box.
+        group (Tensor[M]): int64, the group of each box.
+        iou_threshold: in [0, 1].
+
+    Returns:
+        Tensor[K]: int64 indices of the boxes kept, in no particular order, on the device of ``boxes``.
+    """
+    device = boxes.device
+    boxes, group = boxes.cpu().double(), group.cpu()
+    # A box with an inf or NaN coordinate has an inf or NaN area, so its IoU with any box is 0 or NaN: it neither
+    # suppresses nor is suppressed.
+    finite = boxes.isfinite().all(1)
+    unbounded = (~finite).nonzero().squeeze(1)
+    order = finite.nonzero().squeeze(1)
+    order = order[torch.sort(group[order], stable=True).indices]  # [F] by group, best first within a group
+    if order.numel() == 0:
+        return unbounded.to(device)
+    boxes = boxes[order]  # [F, 4]
+    _, group_of_box, sizes = torch.unique_consecutive(group[order], return_inverse=True, return_counts=True)
+    # Groups that start in the same window of BOXES_PER_NMS_CALL boxes share a call.
+    window = (sizes.cumsum(0) - sizes).div(BOXES_PER_NMS_CALL, rounding_mode="floor")  # [G]
+    groups_per_call = torch.unique_consecutive(window, return_counts=True)[1]  # [calls]
+    call_of_group = torch.arange(groups_per_call.numel()).repeat_interleave(groups_per_call)  # [G]
+    slot = torch.arange(sizes.numel()) - (groups_per_call.cumsum(0) - groups_per_call)[call_of_group]  # [G]
+    # A call's boxes lie in [-R, R] with R < 2^e (frexp): slots 2^(e+1) apart.
+    call_of_box = call_of_group[group_of_box]  # [F]
+    extent = torch.zeros(groups_per_call.numel(), dtype=boxes.dtype)
+    extent.scatter_reduce_(0, call_of_box, boxes.abs().amax(1), "amax")  # [calls] R
+    slot_width = torch.ldexp(torch.ones_like(extent), torch.frexp(extent).exponent + 1)  # [calls]
+    shift = (slot[group_of_box] * slot_width[call_of_box]).unsqueeze(1)  # [F, 1], 0 or >= 2|coordinate|
+    shifted = boxes + shift  # [F, 4]
+    # Fast2Sum (Dekker): as |shift| >= |x|, (x + shift) - shift is computed exactly; it equals x iff x + shift was.
+    inexact_calls = set(call_of_box[((shifted - shift) != boxes).any(1)].tolist())
+    priority = -order.double()  # the kernel sorts by score: the earlier box first, without ties
+    kept = [unbounded]
+    start = 0
+    for call, group_sizes in enumerate(sizes.split(groups_per_call.tolist())):
+        one_by_one = call in inexact_calls
+        source = boxes if one_by_one else shifted
+        for size in group_sizes.tolist() if one_by_one else [int(group_sizes.sum())]:
+            stop = start + size
+            kept.append(order[start + nms(source[start:stop], priority[start:stop], iou_threshold)])
+            start = stop
+    return torch.cat(kept).to(device)
+
+
+def rank_within(keys: Tensor, counts: Tensor) -> Tensor:
+    """The position of each element among the elements with its key, in their order.
+
+    Args:
+        keys (Tensor[M]): int64 in [0, K).
+        counts (Tensor[K]): ``torch.bincount(keys, minlength=K)``.
+
+    Returns:
+        Tensor[M]: int64, 0 for the first element of each key.
+    """
+    by_key = torch.sort(keys, stable=True).indices
+    rank = torch.empty_like(keys)
+    rank[by_key] = torch.arange(keys.numel(), device=keys.device) - (counts.cumsum(0) - counts)[keys[by_key]]
+    return rank
+
+
 class Detect:
     """Post-process ``(loc, conf)`` logits into per-image detections, on the inputs' device.
 
     Per image and per foreground class: keep priors with score > ``conf_thresh``, keep the ``top_k`` best,
-    suppress overlaps above ``nms_thresh``; then keep the ``keep_top_k`` best detections of the image
-    across classes. All classes of all images go through ``torchvision.ops.batched_nms`` together, and with a
-    ``keep_top_k`` cap only on as many of each image's best candidates as it takes to fill the cap (exact, see
-    ``_suppress``).
+    suppress overlaps above ``nms_thresh`` (greedy, IoU in float64); then keep the ``keep_top_k`` best detections
+    of the image across classes. Equal scores rank the lower prior index first, then the lower class. The result
+    is exactly that of this loop over images and classes, for any boxes (negative, huge, tiny), so an image gives
+    the same detections alone and anywhere in a batch. All classes of all images go through NMS together
+    (:func:`nms_within_groups`, on the CPU whatever the device), and with a ``keep_top_k`` cap only as many of each
+    image's best candidates as it takes to fill the cap (exact too, see ``_suppress``).
 
     The defaults are Caffe SSD's test settings. ``Detect(C, top_k=200, keep_top_k=None)`` reproduces
     ssd.pytorch's ``Detect`` (whose cross-class top-k step has no effect).
@@ -135,21 +218,30 @@ class Detect:
             raise ValueError(f"conf_preds has {num_classes} classes but Detect was built for {self.num_classes}")
         scores = conf_preds.float().softmax(dim=-1)[..., 1:]  # [B, P, C-1]
         passing = scores > self.conf_thresh  # [B, P, C-1]
-        if self.top_k < num_priors and passing.sum(dim=1).max() > self.top_k:
-            # Some (image, class) has more than top_k candidates: take each column's top_k first.
-            top_scores, top_priors = scores.topk(self.top_k, dim=1)  # [B, top_k, C-1]
-            image_idx, rank, class_idx = (top_scores > self.conf_thresh).nonzero(as_tuple=True)  # [M] each
-            prior_idx = top_priors[image_idx, rank, class_idx]
-        else:
-            image_idx, prior_idx, class_idx = passing.nonzero(as_tuple=True)  # [M] each
-        # Candidates by descending score; the stable sorts that follow keep this order within an image.
-        order = scores[image_idx, prior_idx, class_idx].argsort(descending=True, stable=True)
-        image_idx, prior_idx, class_idx = image_idx[order], prior_idx[order], class_idx[order]
-        cand_scores = scores[image_idx, prior_idx, class_idx]  # [M], descending
-        group = image_idx * (num_classes - 1) + class_idx  # one NMS group per (image, class)
+        num_groups = batch_size * (num_classes - 1)  # one NMS group per (image, class)
+        if self.top_k < num_priors and passing.sum() > 2 * self.top_k * num_groups:
+            # So many candidates that sorting them all costs more than a topk per column: drop those below their
+            # column's top_k-th best score first (ties at that score stay; the cut below picks among them).
+            passing &= scores >= scores.topk(self.top_k, dim=1).values[:, -1:]
+        image_idx, prior_idx, class_idx = passing.nonzero(as_tuple=True)  # [M] each
+        cand_scores = scores[image_idx, prior_idx, class_idx]  # [M]
+        # Best score first; equal scores by prior, then class, as the per-class loop meets them. Scores are > 0, so
+        # their float32 bits order them as integers; the tie-break, < 2^32, only orders equal scores.
+        tie_break = prior_idx * (num_classes - 1) + class_idx
+        order = ((cand_scores.view(torch.int32).long() << 32) - tie_break).argsort(descending=True)
+        image_idx, prior_idx, class_idx, cand_scores = (
+            t[order] for t in (image_idx, prior_idx, class_idx, cand_scores)
+        )
+        group = image_idx * (num_classes - 1) + class_idx  # [M]
+        per_group = torch.bincount(group, minlength=num_groups)  # [B * (C-1)]
+        if per_group.max() > self.top_k:
+            top = rank_within(group, per_group) < self.top_k  # each group's top_k best
+            image_idx, prior_idx, class_idx, cand_scores, group = (
+                t[top] for t in (image_idx, prior_idx, class_idx, cand_scores, group)
+            )
         cand_boxes = decode(loc_preds[image_idx, prior_idx].float(), priors[prior_idx].float(), self.variances)
 
-        kept = self._suppress(cand_boxes, cand_scores, group, image_idx, batch_size).sort().values  # score desc.
+        kept = self._suppress(cand_boxes, group, image_idx, batch_size).sort().values  # score desc.
         kept = kept[torch.sort(image_idx[kept], stable=True).indices]  # grouped by image
         counts = torch.bincount(image_idx[kept], minlength=batch_size).tolist()
         results: list[Detections] = []
@@ -161,29 +253,25 @@ class Detect:
             )
         return results
 
-    def _suppress(self, boxes: Tensor, scores: Tensor, group: Tensor, image_idx: Tensor, batch_size: int) -> Tensor:
+    def _suppress(self, boxes: Tensor, group: Tensor, image_idx: Tensor, batch_size: int) -> Tensor:
         """Greedy NMS within each group: the indices kept, in no particular order.
 
-        ``scores`` must be in descending order. A box's fate depends only on the better boxes of its group, so the
+        The candidates must come best first. A box's fate depends only on the better boxes of its group, so the
         NMS of an image's best ``n`` candidates decides those ``n`` exactly as the NMS of all of them does. With a
         ``keep_top_k`` cap, NMS runs on growing prefixes of each image's candidates until ``keep_top_k`` survive or
         the prefix is the whole list: the result is the full NMS truncated to ``keep_top_k``, for a fraction of
         the work when most candidates survive (the costly case for greedy NMS).
         """
         if self.keep_top_k is None:
-            return batched_nms(boxes, scores, group, self.nms_thresh)
+            return nms_within_groups(boxes, group, self.nms_thresh)
         per_image = torch.bincount(image_idx, minlength=batch_size)  # [B] candidates of each image
-        by_image = torch.sort(image_idx, stable=True).indices
-        rank = torch.empty_like(image_idx)  # position of each candidate in its image's list
-        rank[by_image] = (
-            torch.arange(image_idx.numel(), device=rank.device) - (per_image.cumsum(0) - per_image)[image_idx[by_image]]
-        )
+        rank = rank_within(image_idx, per_image)  # position of each candidate in its image's list
         pending = torch.ones(batch_size, dtype=torch.bool, device=boxes.device)
         kept_parts: list[Tensor] = []
         prefix = 4 * self.keep_top_k  # then x4 per round: enough for one round unless NMS removes most boxes
         while True:
             take = ((rank < prefix) & pending[image_idx]).nonzero().squeeze(1)
-            kept = take[batched_nms(boxes[take], scores[take], group[take], self.nms_thresh)]
+            kept = take[nms_within_groups(boxes[take], group[take], self.nms_thresh)]
             finished = (torch.bincount(image_idx[kept], minlength=batch_size) >= self.keep_top_k) | (
                 per_image <= prefix
             )

@@ -128,6 +128,104 @@ def plain_detect(
     return results
 
 
+def float64_nms(boxes: Tensor, threshold: float) -> list[int]:
+    """Greedy NMS of ``boxes`` (xyxy) listed best first, with IoU in float64 computed as torchvision's CPU kernel
+    does (``inter / (area_a + area_b - inter)``): keep the first box left, drop the later boxes whose IoU with it
+    exceeds ``threshold``, one kept box at a time. Returns the kept positions, best first."""
+    x1, y1, x2, y2 = boxes.double().unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    remaining = torch.arange(boxes.shape[0])
+    keep = []
+    while remaining.numel() > 0:
+        best, remaining = int(remaining[0]), remaining[1:]
+        keep.append(best)
+        inter_w = (torch.minimum(x2[remaining], x2[best]) - torch.maximum(x1[remaining], x1[best])).clamp(min=0)
+        inter_h = (torch.minimum(y2[remaining], y2[best]) - torch.maximum(y1[remaining], y1[best])).clamp(min=0)
+        inter = inter_w * inter_h
+        remaining = remaining[~(inter / (area[best] + area[remaining] - inter) > threshold)]  # NaN IoU keeps
+    return keep
+
+
+def float64_detect(
+    loc: Tensor,
+    conf: Tensor,
+    priors: Tensor,
+    conf_thresh: float = 0.01,
+    nms_thresh: float = 0.45,
+    top_k: int = 400,
+    keep_top_k: int | None = 200,
+) -> list[dict[str, Tensor]]:
+    """Detect's definition as a loop per image and class: keep the priors scoring above ``conf_thresh``, the
+    ``top_k`` best of them (equal scores: the lower prior first), :func:`float64_nms`; then the image's detections
+    of all classes by descending score (equal scores: the lower prior, then the lower class) and the first
+    ``keep_top_k``. Boxes are decoded in float32, the boxes returned; only the IoU is float64.
+
+    Returns, per image, ``boxes`` [K, 4] (float32, xyxy), ``scores`` [K], ``labels`` [K] (1..C-1) and ``priors``
+    [K] (the prior of each detection), best first.
+    """
+    results = []
+    for i in range(loc.shape[0]):
+        boxes = plain_decode(loc[i], priors)
+        scores = F.softmax(conf[i], dim=-1)
+        found = []  # (score, prior, label)
+        for cl in range(1, conf.shape[-1]):
+            candidates = (scores[:, cl] > conf_thresh).nonzero().squeeze(1)  # ascending prior index
+            candidates = candidates[scores[candidates, cl].argsort(descending=True, stable=True)][:top_k]
+            for k in float64_nms(boxes[candidates], nms_thresh):
+                prior = int(candidates[k])
+                found.append((float(scores[prior, cl]), prior, cl))
+        found.sort(key=lambda item: (-item[0], item[1], item[2]))
+        found = found[:keep_top_k] if keep_top_k is not None else found
+        kept_priors = torch.tensor([prior for _, prior, _ in found], dtype=torch.long)
+        labels = torch.tensor([label for _, _, label in found], dtype=torch.long)
+        results.append(
+            {
+                "boxes": boxes[kept_priors],
+                "scores": scores[kept_priors, labels],
+                "labels": labels,
+                "priors": kept_priors,
+            }
+        )
+    return results
+
+
+def near_threshold_pairs(
+    a: dict[str, Tensor], b: dict[str, Tensor], threshold: float, margin: float = 1e-5
+) -> list[tuple[int, tuple[float, ...], tuple[float, ...]]]:
+    """The pairs of detections of one label, among those of ``a`` and ``b`` together, whose float64 IoU lies
+    within ``margin`` of ``threshold``: NMS in float32 (onnxruntime, torchvision on float32 boxes) may decide such
+    a pair otherwise than in float64. Each pair is ``(label, box, box)``, the boxes as tuples of floats in
+    ascending order, so that a test can name the pairs it leaves out of a comparison. (A box decided otherwise
+    can in turn decide a third box otherwise, which no pair names; that needs an IoU within float32's rounding
+    of the threshold, about 1e-7 for boxes a tenth of the image wide.)
+
+    ``a`` and ``b`` hold ``boxes`` [K, 4] (xyxy) and ``labels`` [K].
+    """
+    boxes = torch.cat([a["boxes"], b["boxes"]]).double().cpu()
+    labels = torch.cat([a["labels"], b["labels"]]).cpu()
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    inter_w = (torch.minimum(x2[:, None], x2) - torch.maximum(x1[:, None], x1)).clamp(min=0)
+    inter_h = (torch.minimum(y2[:, None], y2) - torch.maximum(y1[:, None], y1)).clamp(min=0)
+    inter = inter_w * inter_h
+    near = ((inter / (area[:, None] + area - inter) - threshold).abs() <= margin) & (labels[:, None] == labels)
+    pairs = set()
+    for i, j in near.triu(diagonal=1).nonzero().tolist():
+        first, second = sorted([tuple(boxes[i].tolist()), tuple(boxes[j].tolist())])
+        pairs.add((int(labels[i]), first, second))
+    return sorted(pairs)
+
+
+def detections_outside_pairs(
+    detections: dict[str, Tensor], pairs: list[tuple[int, tuple[float, ...], tuple[float, ...]]]
+) -> set[tuple[int, tuple[float, ...]]]:
+    """``detections`` as a set of ``(label, box)``, without those named in ``pairs`` (see
+    :func:`near_threshold_pairs`)."""
+    named = {(label, box) for label, first, second in pairs for box in (first, second)}
+    found = zip(detections["labels"].tolist(), map(tuple, detections["boxes"].double().tolist()), strict=True)
+    return {(label, box) for label, box in found} - named
+
+
 # ssd.pytorch's SSD300 as a flat table: vgg index -> op. Convs are (in, out); relu follows each conv.
 SSD_PYTORCH_VGG_CONVS = {
     0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256), 14: (256, 256),
