@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import nms
 
 from layers.box_utils import DEFAULT_VARIANCES, Variances, decode
@@ -280,3 +280,87 @@ class Detect:
             if not pending.any():
                 return torch.cat(kept_parts)
             prefix *= 4
+
+
+@torch.library.custom_op("ssd::multiclass_nms", mutates_args=())
+def multiclass_nms(
+    boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float, score_threshold: float
+) -> Tensor:
+    """ONNX's ``NonMaxSuppression`` as a PyTorch operator: per image and class, the boxes scoring strictly
+    above ``score_threshold``, best first, greedily suppressed where their IoU with a kept box of the class
+    exceeds ``iou_threshold``, at most ``max_per_class`` kept. Exported, it becomes that ONNX operator
+    (``utils/export.py``); run in PyTorch, it is :func:`nms_within_groups` (IoU in float64).
+
+    Args:
+        boxes (Tensor[B, N, 4]): xyxy.
+        scores (Tensor[B, C, N]): each class's score of each box.
+
+    Returns:
+        Tensor[M, 3]: int64 ``(image, class, box)`` of the kept boxes, by image, class and descending score.
+    """
+    image_idx, class_idx, box_idx = (scores > score_threshold).nonzero(as_tuple=True)  # [M] each
+    cand_scores = scores[image_idx, class_idx, box_idx]
+    group = image_idx * scores.shape[1] + class_idx
+    # By group, then descending score (equal scores: the lower box), as NonMaxSuppression ranks them.
+    order = torch.sort(-cand_scores, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    kept = nms_within_groups(boxes[image_idx[order], box_idx[order]], group[order], iou_threshold).sort().values
+    kept_group = group[order][kept]
+    kept = kept[rank_within(kept_group, torch.bincount(kept_group)) < max_per_class]
+    return torch.stack((image_idx, class_idx, box_idx), dim=1)[order][kept]  # [M, 3]
+
+
+@multiclass_nms.register_fake
+def _(boxes: Tensor, scores: Tensor, max_per_class: int, iou_threshold: float, score_threshold: float) -> Tensor:
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(), 3), dtype=torch.int64)
+
+
+class PaddedDetect(nn.Module):
+    """:class:`Detect` as one graph of tensor operations with fixed-size outputs: the post-processing of an
+    exported end-to-end model (ONNX, ``torch.export``), in the layout of TensorRT's EfficientNMS.
+
+    Per image and foreground class, the ``top_k`` best priors are candidates; :func:`multiclass_nms` keeps those
+    above ``conf_thresh`` that survive NMS; the image keeps its ``keep_top_k`` best. The same detections as
+    :class:`Detect`, up to the order of equal scores.
+
+    Args:
+        num_classes: C, including the background.
+        settings: the Detect settings; ``keep_top_k`` None keeps room for every candidate.
+        priors (Tensor[P, 4]): cxcywh.
+
+    Returns (``forward(loc_preds [B, P, 4], conf_preds [B, P, C])``):
+        num_detections (Tensor[B]): int64, how many rows of each image are detections.
+        boxes (Tensor[B, K, 4]): relative xyxy, by descending score; padding rows are 0.
+        scores (Tensor[B, K]): padding 0.
+        labels (Tensor[B, K]): int64 0-based foreground class (``class_names[label]``); padding -1.
+    """
+
+    def __init__(self, num_classes: int, settings: DetectSettings, priors: Tensor) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must count the background and at least one class, got {num_classes}")
+        self.num_classes, self.settings = num_classes, settings
+        self.register_buffer("priors", priors, persistent=False)
+        self.top_k = min(settings.top_k, priors.shape[0])
+        candidates = (num_classes - 1) * self.top_k
+        self.keep_top_k = min(settings.keep_top_k or candidates, candidates)
+
+    def forward(self, loc_preds: Tensor, conf_preds: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        batch_size, num_classes, k = conf_preds.shape[0], self.num_classes - 1, self.top_k
+        boxes = decode(loc_preds.float(), self.priors)  # [B, P, 4]
+        scores = conf_preds.float().softmax(dim=-1)[..., 1:]  # [B, P, F]
+        top_scores, top_priors = scores.topk(k, dim=1)  # [B, k, F]
+        top_priors = top_priors.transpose(1, 2).reshape(batch_size, num_classes * k)  # [B, F*k], class-major
+        cand_boxes = boxes.gather(1, top_priors.unsqueeze(-1).expand(-1, -1, 4))  # [B, F*k, 4]
+        # Each class scores its own block of candidates; the other blocks score 0 (never above the threshold).
+        eye = torch.eye(num_classes, dtype=top_scores.dtype, device=top_scores.device)
+        cand_scores = (top_scores.transpose(1, 2).unsqueeze(2) * eye[None, :, :, None]).flatten(2)  # [B, F, F*k]
+        selected = multiclass_nms(cand_boxes, cand_scores, k, self.settings.nms_thresh, self.settings.conf_thresh)
+        image_idx, class_idx, box_idx = selected[:, 0], selected[:, 1], selected[:, 2]  # [M] each
+        kept_scores = torch.zeros(batch_size, num_classes * k, dtype=scores.dtype, device=scores.device)
+        kept_scores = kept_scores.index_put((image_idx, box_idx), cand_scores[image_idx, class_idx, box_idx])
+        out_scores, out_idx = kept_scores.topk(self.keep_top_k, dim=1)  # [B, K]
+        valid = out_scores > 0
+        out_boxes = cand_boxes.gather(1, out_idx.unsqueeze(-1).expand(-1, -1, 4)) * valid.unsqueeze(-1)  # [B, K, 4]
+        out_labels = torch.where(valid, out_idx // k, -1)
+        return valid.sum(dim=1), out_boxes, out_scores, out_labels

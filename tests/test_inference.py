@@ -1,4 +1,4 @@
-"""inference.py on images, folders, globs and videos; drawing at original resolution; ONNX/TorchScript export."""
+"""inference.py on images, folders, globs and videos; drawing at original resolution."""
 
 import json
 import os
@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from data.config import SHAPES_CLASSES
 from tests.fixtures import oracle_ssd, save_detector
@@ -151,50 +150,6 @@ def test_drawing_helpers() -> None:
     assert summarize(np.array([0]), np.array([0.1]), ["a"], 0.5) == "no detections"
     assert class_color(3) == class_color(3) and class_color(0) != class_color(1)
     assert make_grid([grey(300, 300), grey(150, 300)], columns=2).shape == (300, 604, 3)
-
-
-def test_onnx_export_parity_and_inference(weights: Path, tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    export = subprocess.run([sys.executable, "-m", "utils.export", "--weights", str(weights), "--output", str(tmp_path / "m.onnx")],
-                            cwd=tmp_path, capture_output=True, text=True, env=MODULE_ENV)  # fmt: skip
-    assert export.returncode == 0, export.stderr
-    assert "(ok)" in export.stdout
-    loc_diff = float(export.stdout.split("loc ")[1].split(",")[0])
-    assert loc_diff < 1e-4
-    from utils.checkpoint import load_detector
-    from utils.export import check_onnx
-
-    model, info = load_detector(weights)
-    model.loc[0].bias.data.normal_()  # not a trivial graph: random weights through every layer
-    for param in model.parameters():
-        param.data.normal_(0, 0.05)
-    from utils.export import export_onnx
-
-    export_onnx(model, info, tmp_path / "random.onnx")
-    diffs = check_onnx(model, info, tmp_path / "random.onnx", torch.randn(2, 3, 300, 300) * 50)
-    assert max(diffs["loc"], diffs["conf"], diffs["scores"]) < 1e-4 and diffs["boxes"] < 1e-2
-    cv2.imwrite(str(tmp_path / "scene.png"), grey(200, 100))
-    torch_run = run("--weights", str(weights), "--source", str(tmp_path / "scene.png"), "--save_json", cwd=tmp_path)
-    onnx_run = run(
-        "--weights", str(tmp_path / "m.onnx"), "--source", str(tmp_path / "scene.png"), "--save_json", cwd=tmp_path
-    )
-    assert onnx_run.returncode == 0, onnx_run.stderr
-    a = json.loads((tmp_path / "runs" / "exp1" / "predictions.json").read_text())
-    b = json.loads((tmp_path / "runs" / "exp2" / "predictions.json").read_text())
-    assert a[0]["labels"] == b[0]["labels"] == ["square"] and torch_run.returncode == 0
-    np.testing.assert_allclose(a[0]["boxes"], b[0]["boxes"], atol=0.02)
-
-
-def test_torchscript_export(weights: Path, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "utils.export", "--weights", str(weights), "--format", "torchscript",
-                             "--decoded", "--output", str(tmp_path / "m.pt")], cwd=tmp_path, capture_output=True, text=True, env=MODULE_ENV)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    extra = {"class_names": "", "outputs": ""}
-    module = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
-    boxes, scores = module(torch.zeros(1, 3, 300, 300))
-    assert json.loads(extra["class_names"]) == list(SHAPES_CLASSES) and extra["outputs"] == b"boxes,scores"
-    best = scores[0, :, 1:].max(dim=-1).values.argmax()
-    torch.testing.assert_close(boxes[0, best], torch.tensor(BOX), atol=1e-4, rtol=0)
 
 
 def test_speed_log_keeps_the_first_batch_of_each_size_apart() -> None:

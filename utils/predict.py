@@ -33,6 +33,8 @@ from ssd import SSD
 from utils.checkpoint import DetectorInfo, RawWeights, load_detector
 from utils.runtime import InferenceModel
 
+# The metadata entries of an exported file that hold its DetectorInfo (utils.export.metadata).
+DETECTOR_KEYS = ("model_config", "class_names", "preprocess", "postprocess")
 # Per image, in pixels of the original image: boxes float64 [K, 4] xyxy (unclipped), scores float64 [K]
 # (descending), labels int64 [K] as 0-based foreground classes (``class_names[label]``).
 PixelDetections = dict[str, np.ndarray]
@@ -46,12 +48,15 @@ class Runner(Protocol):
         priors (Tensor[P, 4]): cxcywh, for decoding raw outputs.
         returns_detections: whether ``__call__`` returns final detections (a graph with NMS inside) rather than
             the raw ``(loc_preds [B, P, 4], conf_preds [B, P, C])``.
+        input_kind: ``preprocessed`` (``[B, 3, S, S]`` from ``info.preprocess``) or ``uint8_bgr_hwc`` (images as
+            ``cv2.imread`` gives them, ``[B, H, W, 3]``: the graph preprocesses).
         device: where the outputs are.
     """
 
     info: DetectorInfo
     priors: Tensor
     returns_detections: bool
+    input_kind: str
     device: torch.device
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor] | list[Detections]: ...
@@ -61,6 +66,7 @@ class TorchRunner:
     """The PyTorch SSD behind :class:`Runner`, run by :class:`utils.runtime.InferenceModel`."""
 
     returns_detections = False
+    input_kind = "preprocessed"
 
     def __init__(self, model: SSD, info: DetectorInfo, amp: bool = False, cuda_graph: bool = False) -> None:
         self.info = info
@@ -72,12 +78,36 @@ class TorchRunner:
         return self.network(images)
 
 
-class OnnxRunner:
-    """An ONNX file exported by ``utils.export`` (raw outputs), run by onnxruntime on the CPU."""
+def padded_to_detections(num: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor) -> list[Detections]:
+    """An end-to-end graph's padded outputs (:class:`layers.detection.PaddedDetect`) as Detect's per-image dicts."""
+    return [
+        {"boxes": boxes[i, :k], "scores": scores[i, :k], "labels": labels[i, :k] + 1}
+        for i, k in enumerate(num.tolist())
+    ]
 
-    returns_detections = False
 
-    def __init__(self, path: str | Path) -> None:
+class ExportedRunner:
+    """Shared by the runners of exported files: the metadata ``utils.export`` writes, and what they mean."""
+
+    def _read_metadata(self, path: Path, meta: dict[str, str]) -> None:
+        if "model_config" not in meta:
+            raise ValueError(f"{path} lacks this project's metadata; export it with python -m utils.export")
+        outputs = meta.get("outputs", "loc,conf")
+        if outputs not in ("loc,conf", "detections"):
+            raise ValueError(f"{path} returns decoded boxes (--decoded); export it raw or with --nms for inference.py")
+        self.info = DetectorInfo.from_dict({k: json.loads(meta[k]) for k in meta if k in DETECTOR_KEYS})
+        self.returns_detections = outputs == "detections"
+        self.input_kind = meta.get("input", "preprocessed")
+        self.precision = meta.get("precision", "fp32")
+        self.priors = prior_boxes(self.info.config.priors)
+
+
+class OnnxRunner(ExportedRunner):
+    """An ONNX file exported by ``utils.export`` (raw, end to end, float32/float16/INT8), run by onnxruntime: on
+    the GPU with the CUDA execution provider when ``device`` is a GPU and onnxruntime-gpu is installed, else on
+    the CPU."""
+
+    def __init__(self, path: str | Path, device: torch.device | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as error:
@@ -85,30 +115,60 @@ class OnnxRunner:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file {path} does not exist")
+        self.providers = onnx_providers(device or torch.device("cpu"), ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), providers=self.providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable files
-            raise ValueError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0]})") from error
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "model_config" not in meta:
-            raise ValueError(f"{path} lacks this project's metadata; export it with python -m utils.export")
-        if meta.get("outputs") != "loc,conf":
-            raise ValueError(f"{path} returns decoded boxes; export it without --decoded for inference.py")
-        self.info = DetectorInfo.from_dict({key: json.loads(meta[key]) for key in meta if key != "outputs"})
-        self.priors = prior_boxes(self.info.config.priors)
-        self.device = torch.device("cpu")
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{path} is not a loadable ONNX model ({first}); re-export it") from error
+        self._read_metadata(path, self.session.get_modelmeta().custom_metadata_map)
+        self.device = torch.device("cpu")  # outputs come back as CPU tensors
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        loc, conf = self.session.run(None, {"images": images.cpu().numpy().astype(np.float32)})
-        return torch.from_numpy(loc), torch.from_numpy(conf)
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor] | list[Detections]:
+        feed = images.cpu().numpy()
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, {"images": feed})]
+        return padded_to_detections(*outputs) if self.returns_detections else (outputs[0], outputs[1])
+
+
+def onnx_providers(device: torch.device, available: Sequence[str]) -> list[str]:
+    """onnxruntime's execution providers for ``device``: CUDA first on a GPU when onnxruntime-gpu offers it."""
+    if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class ProgramRunner(ExportedRunner):
+    """A ``torch.export`` program (``.pt2``) written by ``utils.export --format torch_export``."""
+
+    def __init__(self, path: str | Path, device: torch.device | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"exported program {path} does not exist")
+        extra = {"ssd.json": ""}
+        try:
+            program = torch.export.load(str(path), extra_files=extra)
+        except Exception as error:  # torch raises several types for a foreign or corrupt archive
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{path} is not a torch.export program ({first}); re-export it") from error
+        self._read_metadata(path, json.loads(extra["ssd.json"] or "{}"))
+        self.device = device or torch.device("cpu")
+        self.module = program.module().to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor] | list[Detections]:
+        outputs = self.module(images.to(self.device))
+        return padded_to_detections(*outputs) if self.returns_detections else (outputs[0], outputs[1])
 
 
 def load_runner(
     path: str | Path, device: torch.device, raw: RawWeights | None = None, amp: bool = False
-) -> TorchRunner | OnnxRunner:
-    """The runner of a weights file: an ``.onnx`` export, or a checkpoint (CUDA graphs on a GPU)."""
-    if str(path).lower().endswith(".onnx"):
-        return OnnxRunner(path)
+) -> TorchRunner | OnnxRunner | ProgramRunner:
+    """The runner of a weights file: an ``.onnx`` or ``.pt2`` export, or a checkpoint (CUDA graphs on a GPU)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return OnnxRunner(path, device)
+    if suffix == ".pt2":
+        return ProgramRunner(path, device)
     model, info = load_detector(path, device, raw)
     return TorchRunner(model, info, amp, cuda_graph=True)
 
@@ -185,13 +245,19 @@ class Predictor:
     def __call__(self, images: Sequence[np.ndarray]) -> list[PixelDetections]:
         """Detect in BGR uint8 images ``[H, W, 3]`` of any sizes (as ``cv2.imread`` gives), timing each stage."""
         start = time.perf_counter()
-        batch = torch.from_numpy(np.stack([self.transform(image)[0] for image in images]))
+        if self.runner.input_kind == "uint8_bgr_hwc":  # the graph preprocesses; images of any sizes go one by one
+            batches = [torch.from_numpy(image[None]) for image in images]
+        else:
+            batches = [torch.from_numpy(np.stack([self.transform(image)[0] for image in images]))]
         mid = time.perf_counter()
-        outputs = self.runner(batch)
+        outputs = [self.runner(batch) for batch in batches]
         if self.runner.device.type == "cuda":
             torch.cuda.synchronize(self.runner.device)
         net = time.perf_counter()
-        found = outputs if self.runner.returns_detections else self.detect(*outputs, self.runner.priors)
+        if self.runner.returns_detections:
+            found = [detection for output in outputs for detection in output]
+        else:
+            found = [d for loc, conf in outputs for d in self.detect(loc, conf, self.runner.priors)]
         results = [to_pixels(d, image.shape[1], image.shape[0]) for d, image in zip(found, images, strict=True)]
         end = time.perf_counter()
         timer = self.speed.timer_for(len(images))
