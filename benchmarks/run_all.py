@@ -25,6 +25,8 @@ SUITE = [
     ("bench_train_step", ["--batch", "8", "--width", "0.125", "--batch_norm"]),
     ("bench_augmentation", []),
     ("bench_loader", []),
+    ("bench_deploy", ["--batch", "1"]),
+    ("bench_deploy", ["--batch", "8", "--rounds", "3"]),
     ("bench_voc_eval", []),
     ("bench_page_faults", []),  # a diagnostic: what utils.cli.keep_freed_memory saves
 ]

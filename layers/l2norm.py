@@ -31,5 +31,6 @@ class L2Norm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (Tensor[B, C, H, W]) -> Tensor[B, C, H, W]."""
-        norm = x.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps  # [B, 1, H, W]
-        return self.weight.view(1, -1, 1, 1) * (x / norm)
+        # The norm in float32 whatever x is: in float16, eps (1e-10) would round to 0 and a zero column give 0/0.
+        norm = x.float().pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps  # [B, 1, H, W]
+        return self.weight.view(1, -1, 1, 1) * (x / norm).to(x.dtype)

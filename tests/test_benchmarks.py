@@ -32,6 +32,7 @@ def run_benchmark(module: str, args: list[str], cwd: Path) -> subprocess.Complet
         ("bench_voc_eval", ["--images", "60", "--dets", "30"]),  # also asserts agreement with the loop
         ("bench_augmentation", ["--number", "5"]),
         ("bench_loader", ["--images", "8", "--batch", "4", "--workers", "0", "1"]),
+        ("bench_deploy", ["--width", "0.125", "--calib_images", "2"]),
     ],
 )
 def test_benchmark_runs_and_reports(module: str, args: list[str], tmp_path: Path) -> None:

@@ -232,3 +232,17 @@ def test_torchscript_export_still_works(tmp_path: Path) -> None:
     assert json.loads(extra["class_names"]) == list(SHAPES_CLASSES) and extra["outputs"] == b"boxes,scores"
     best = scores[0, :, 1:].max(dim=-1).values.argmax()
     torch.testing.assert_close(boxes[0, best], torch.tensor([0.25, 0.2, 0.75, 0.6]), atol=1e-4, rtol=0)
+
+
+def test_half_precision_graph_has_float16_weights_and_runs(tmp_path: Path) -> None:
+    import onnx
+
+    model = oracle_ssd(len(SHAPES_CLASSES) + 1, (0.25, 0.2, 0.75, 0.6), 2)
+    info = DetectorInfo(model.config, SHAPES_CLASSES)
+    export_onnx(model, info, tmp_path / "half.onnx", ExportSpec("detections", half=True))
+    weights = onnx.load(str(tmp_path / "half.onnx")).graph.initializer
+    assert {w.data_type for w in weights if len(w.dims) == 4} == {onnx.TensorProto.FLOAT16}  # the conv kernels
+    runner = OnnxRunner(tmp_path / "half.onnx")
+    assert runner.precision == "fp16"
+    found = Predictor(runner)([np.full((300, 300, 3), 128, np.uint8)])[0]
+    assert found["labels"][0] == 1 and np.abs(found["boxes"][0] - [75, 60, 225, 180]).max() < 1
