@@ -84,16 +84,22 @@ def by_score_label_box(found: dict[str, torch.Tensor]) -> list[tuple]:
     return sorted(rows, key=lambda row: (-row[0], row[1], row[2]))
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_end_to_end_onnx_gives_detects_detections(peaked, exported, batch: int) -> None:
-    # One InferenceSession for both batch sizes: the batch is dynamic.
+def test_end_to_end_onnx_gives_detects_detections(peaked, exported) -> None:
     model, info = peaked
-    diffs = check_export(model, info, exported["nms"], images(batch, batch))
-    assert diffs["differ"] == 0 and diffs["scores"] <= 1e-5 and diffs["boxes"] <= 1e-4 * 300
     onnx_runner = OnnxRunner(exported["nms"])
     assert onnx_runner.returns_detections and onnx_runner.info.postprocess == SETTINGS
-    num, boxes, _, labels = onnx_runner.session.run(None, {"images": images(batch, batch).numpy()})
-    assert num.shape == (batch,) and boxes.shape == (batch, SETTINGS.keep_top_k, 4) and labels.dtype == np.int64
+    onnx_predictor = Predictor(onnx_runner, SETTINGS)
+    torch_predictor = Predictor(TorchRunner(model, info), SETTINGS)
+    for batch in (1, 3):  # one InferenceSession for both: the batch is dynamic
+        num, boxes, _, labels = onnx_runner.session.run(None, {"images": images(batch, batch).numpy()})
+        assert num.shape == (batch,) and boxes.shape == (batch, SETTINGS.keep_top_k, 4) and labels.dtype == np.int64
+        got = onnx_predictor.detect_batch(images(batch, batch), [(300, 300)] * batch)
+        with torch.inference_mode():
+            expected = torch_predictor.detect_batch(images(batch, batch), [(300, 300)] * batch)
+        for a, b in zip(expected, got, strict=True):
+            diffs = compare_detections(a, b, SETTINGS, (300, 300))
+            assert len(a["scores"]) > 0 and diffs["differ"] == 0
+            assert diffs["scores"] <= 1e-5 and diffs["boxes"] <= 1e-4 * 300  # 1e-4 of the image
 
 
 def test_torch_export_program_gives_detects_detections(peaked, exported) -> None:
