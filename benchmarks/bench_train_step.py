@@ -9,6 +9,7 @@ for CPU runs.
     python -m benchmarks.bench_train_step --batch 8
     python -m benchmarks.bench_train_step --batch 8 --width 0.125 --batch_norm
     python -m benchmarks.bench_train_step --batch 8 --profile     # where the step's time goes
+    python -m benchmarks.bench_train_step --device cuda --batch 64 --amp --levers   # each lever on its own
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0], batch=8)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch_norm", action="store_true")
+    parser.add_argument("--levers", action="store_true",
+                        help="also the training-speed levers one by one: fused SGD, torch.compile of the model")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="also profile one train.py step after the rounds (torch.profiler, top operators)")  # fmt: skip
     parser.set_defaults(rounds=3, warmup=3)  # the allocator reaches its peak footprint in ~3 steps
@@ -39,12 +42,13 @@ def main() -> None:
         boxes = torch.cat([xy, xy + 0.3], 1)
         targets.append(torch.cat([boxes, torch.randint(0, 20, (3, 1), generator=g).float()], 1).to(device))
 
-    def make(channels_last: bool, amp: bool = False):  # noqa: ANN202
+    def make(channels_last: bool, amp: bool = False, fused: bool = False, compiled: bool = False):  # noqa: ANN202
         torch.manual_seed(0)
         model = build_ssd(300, 21, width=args.width, batch_norm=args.batch_norm).to(device).train()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model.to(memory_format=fmt)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, fused=fused or None)
+        forward = torch.compile(model) if compiled else model
         criterion = MultiBoxLoss(21)
         batch = images.contiguous(memory_format=fmt)
         dtype = mixed_precision_dtype(device) if amp else None
@@ -52,7 +56,7 @@ def main() -> None:
 
         def step() -> None:
             with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                loc, conf = model(batch)
+                loc, conf = forward(batch)
             loss_fn = criterion if channels_last else plain_multibox_loss
             loss_l, loss_c = loss_fn(loc.float(), conf.float(), model.priors, targets)
             loss = loss_l + loss_c
@@ -66,6 +70,10 @@ def main() -> None:
     candidates = {"plain eager step": make(False), "train.py step": make(True)}
     if args.amp:
         candidates["train.py step, --amp"] = make(True, amp=True)
+    if args.levers:
+        name = "train.py step" + (", --amp" if args.amp else "")
+        candidates[f"{name}, fused SGD"] = make(True, args.amp, fused=True)
+        candidates[f"{name}, fused SGD, torch.compile"] = make(True, args.amp, fused=True, compiled=True)
     if device.type == "cuda":
         tuned = candidates["train.py step, --amp" if args.amp else "train.py step"]
         candidates["same, cudnn.benchmark off"] = without_cudnn_autotuner(tuned)

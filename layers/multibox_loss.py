@@ -135,3 +135,39 @@ class MultiBoxLoss(nn.Module):
         count = count.to(loss_l.dtype)  # a sum over images: under DDP the all-reduced count is the global one
         count = count.clamp(min=1) if self.normalizer is None else self.normalizer(count)
         return loss_l / count, loss_c / count
+
+    def forward_padded(
+        self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor, truths: Tensor, labels: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with static shapes and no host synchronisation, for a captured (CUDA graph) or compiled
+        training step: targets padded to a fixed count, masked sums instead of boolean indexing, and mining by a
+        full sort instead of a top-k of a data-dependent size. The same loss as :meth:`forward` (up to the order of
+        equal losses among mined negatives), whatever the padding.
+
+        Args:
+            truths (Tensor[B, N, 4]), labels (Tensor[B, N]), valid (Tensor[B, N]): the targets as
+                :func:`layers.box_utils.pad_targets` gives them, padded to any fixed N with ``valid`` False.
+        """
+        batch_size, num_priors, _ = conf_preds.shape
+        with torch.no_grad():
+            loc_targets, conf_targets = match(truths, labels, valid, priors, self.overlap_thresh, self.variances)
+        positive = conf_targets > 0  # [B, P]
+        num_pos = positive.sum(dim=1)  # [B]
+        smooth = F.smooth_l1_loss(loc_preds, loc_targets.to(loc_preds.dtype), reduction="none").sum(-1)  # [B, P]
+        loss_l = (smooth * positive).sum()
+        prior_loss = F.cross_entropy(conf_preds.flatten(0, 1), conf_targets.flatten(), reduction="none")
+        prior_loss = prior_loss.view(batch_size, num_priors)  # [B, P]
+        with torch.no_grad():
+            mining_loss = prior_loss.detach().masked_fill(positive, float("-inf"))
+            num_neg = torch.where(num_pos > 0, self.neg_pos_ratio * num_pos, self.empty_image_negatives)
+            num_neg = num_neg.clamp(max=num_priors - 1)  # [B]
+            rank = mining_loss.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # [B, P], 0 = hardest
+            negative = (rank < num_neg.unsqueeze(1)) & ~positive
+        loss_c = (prior_loss * (positive | negative)).sum()
+        if self.negatives_norm == "ratio":
+            count = torch.where(num_pos > 0, num_pos.float(), num_neg.float() / self.neg_pos_ratio).sum()
+        else:
+            count = num_pos.sum()
+        count = count.to(loss_l.dtype)
+        count = count.clamp(min=1) if self.normalizer is None else self.normalizer(count)
+        return loss_l / count, loss_c / count

@@ -150,3 +150,26 @@ def test_rejects_mismatched_inputs(priors: torch.Tensor) -> None:
         MultiBoxLoss(9)(loc, conf, priors, [torch.zeros(0, 5)] * 2)
     with pytest.raises(ValueError, match="negatives_norm must be one of .* got 'positives'"):
         MultiBoxLoss(NUM_CLASSES, negatives_norm="positives")
+
+
+@pytest.mark.parametrize("extra_rows", [0, 7])
+def test_padded_static_loss_equals_the_loss(extra_rows: int) -> None:
+    # The GPU-throughput issue: targets padded to a fixed count, static shapes (for a captured training step).
+    from layers.box_utils import pad_targets
+
+    priors = prior_boxes(prior_config("VOC", 300))
+    g = torch.Generator().manual_seed(extra_rows)
+    loc = torch.randn(4, priors.shape[0], 4, generator=g, requires_grad=True)
+    conf = torch.randn(4, priors.shape[0], 21, generator=g, requires_grad=True)
+    targets = random_targets([3, 1, 0, 5], g)  # one image without objects
+    criterion = MultiBoxLoss(21)
+    expected = criterion(loc, conf, priors, targets)
+    truths, labels, valid = pad_targets(targets)
+    pad = lambda t, value: torch.cat([t, torch.full((4, extra_rows, *t.shape[2:]), value, dtype=t.dtype)], 1)  # noqa: E731
+    got = criterion.forward_padded(loc, conf, priors, pad(truths, 0.5), pad(labels, -1), pad(valid, False))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    grads = torch.autograd.grad(sum(got), (loc, conf))
+    expected_grads = torch.autograd.grad(sum(criterion(loc, conf, priors, targets)), (loc, conf))
+    for a, b in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
