@@ -15,7 +15,7 @@ import sys
 
 from data.build import build_dataset
 from layers.detection import SSD_PYTORCH_SETTINGS
-from utils.checkpoint import load_detector, require_classes
+from utils.checkpoint import require_classes
 from utils.cli import (
     POSITIVE_INT,
     add_dataset_flags,
@@ -34,7 +34,7 @@ from utils.cli import (
     run_cli,
 )
 from utils.evaluation import METRICS, default_metric, evaluate, format_table, save_outputs
-from utils.predict import Predictor, TorchRunner
+from utils.predict import Predictor, load_runner
 from utils.runs import check_writable, increment_run_dir, select_device
 from utils.voc_eval import DEVKIT, SSD_PYTORCH
 
@@ -62,10 +62,14 @@ def main(args: argparse.Namespace) -> int:
     preset = dataset_preset(args)
     check_writable(args.project)  # before the detection work, not after it
     device = select_device(args.device)
-    model, info = load_detector(args.weights, device, raw_weights(args, preset))
+    runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp)
+    info = runner.info
     require_classes(info, preset.class_names, args.weights)
+    if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):
+        raise ValueError(f"{args.weights} preprocesses in its graph or has its own Detect with --ssd_pytorch; "
+                         "evaluate an export without --include_preprocess (and without --nms for --ssd_pytorch)")  # fmt: skip
     settings = detect_settings(args, SSD_PYTORCH_SETTINGS if args.ssd_pytorch else info.postprocess)
-    predictor = Predictor(TorchRunner(model, info, args.amp), settings)
+    predictor = Predictor(runner, settings)
     dataset = build_dataset(preset, args.dataset_root, "test", predictor.transform, image_set=args.image_set)
     metric = args.metric or default_metric(preset.name)
     convention = SSD_PYTORCH if args.ssd_pytorch else DEVKIT

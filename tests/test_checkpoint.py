@@ -93,7 +93,9 @@ class Payload:
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "extra": Payload()}, path)
-    with pytest.raises(ValueError, match="evil.pth holds pickled Python objects, which this project never loads") as info:
+    with pytest.raises(
+        ValueError, match="evil.pth holds pickled Python objects, which this project never loads"
+    ) as info:
         read_checkpoint(path)
     assert "weights_only" not in str(info.value)  # never torch's advice to load it unsafely (issue 19, case 15)
 
@@ -103,7 +105,7 @@ def test_foreign_files_say_what_they_are(tmp_path: Path) -> None:  # issue 19, c
     import numpy as np
 
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
-    with pytest.raises(ValueError, match="model.onnx is an ONNX model: run it with inference.py --weights"):
+    with pytest.raises(ValueError, match="model.onnx is an ONNX model: inference.py and eval.py run it"):
         read_checkpoint(tmp_path / "model.onnx")
     cv2.imwrite(str(tmp_path / "photo.png"), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="photo.png is a PNG image, not a PyTorch checkpoint"):
@@ -254,3 +256,39 @@ def test_predictor_uses_the_checkpoints_detect_settings(tmp_path: Path) -> None:
     assert predictor.settings == settings and predictor.detect.keep_top_k == 7 and predictor.detect.conf_thresh == 0.2
     override = Predictor(predictor.runner, settings.override(top_k=10))
     assert override.detect.top_k == 10 and override.detect.nms_thresh == 0.3
+
+
+def test_imagenet_bases_of_the_other_backbones(tmp_path: Path) -> None:
+    # torchvision's ImageNet files as they are (random here): the classifier and ResNet's layer4 are left out.
+    import torchvision
+
+    mobilenet, resnet = torchvision.models.mobilenet_v3_large().eval(), torchvision.models.resnet50()
+    torch.save(mobilenet.state_dict(), tmp_path / "mobilenet_v3_large-8738ca79.pth")
+    torch.save(resnet.state_dict(), tmp_path / "resnet50-0676ba61.pth")
+    lite = build_ssd(backbone="mobilenet_v3_large", num_classes=3).eval()  # the full tail, as ImageNet's
+    load_base_weights(lite, tmp_path / "mobilenet_v3_large-8738ca79.pth")
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        assert torch.equal(lite.base[1](lite.base[0](x)), mobilenet.features(x))  # the same network, cut in two
+    nvidia = build_ssd(backbone="resnet50", num_classes=3)
+    load_base_weights(nvidia, tmp_path / "resnet50-0676ba61.pth")
+    assert torch.equal(nvidia.base[0].layer3[5].conv3.weight, resnet.layer3[5].conv3.weight)
+    with pytest.raises(ValueError, match="holds torchvision's ResNet-50 weights, the base of --backbone resnet50, but "
+                                         "the model's backbone is mobilenet_v3_large"):  # fmt: skip
+        load_base_weights(lite, tmp_path / "resnet50-0676ba61.pth")
+    with pytest.raises(ValueError, match="does not fit the MobileNetV3-Large base \\(full tail, width 1.0\\)"):
+        load_base_weights(build_ssd(backbone="mobilenet_v3_large", num_classes=3, reduced_tail=True),
+                          tmp_path / "mobilenet_v3_large-8738ca79.pth")  # fmt: skip
+
+
+def test_class_mapping_by_name() -> None:
+    from utils.checkpoint import DetectorInfo, class_mapping, require_classes
+
+    assert class_mapping(("a", "b"), ("a", "b")) is None
+    assert class_mapping(("person", "unused_2", "car"), ("car", "person")).tolist() == [1, -1, 0]
+    with pytest.raises(ValueError, match="do not include the dataset's \\['dog'\\]"):
+        class_mapping(("person", "car"), ("car", "dog"))
+    with torch.device("meta"):
+        model = build_ssd(300, 3, width=0.125)
+    with pytest.raises(ValueError, match="m.pth was trained for 2 classes but the dataset has 3"):
+        require_classes(DetectorInfo(model.config, ("a", "b")), ("a", "b", "c"), "m.pth")

@@ -252,3 +252,27 @@ def test_half_precision_graph_has_float16_weights_and_runs(tmp_path: Path) -> No
     assert runner.precision == "fp16"
     found = Predictor(runner)([np.full((300, 300, 3), 128, np.uint8)])[0]
     assert found["labels"][0] == 1 and np.abs(found["boxes"][0] - [75, 60, 225, 180]).max() < 1
+
+
+def test_eval_scores_exported_models_like_the_checkpoint(tmp_path: Path, capsys) -> None:
+    import eval as eval_script
+    from tests.test_eval import BOX, fixture_folder
+
+    model = oracle_ssd(len(SHAPES_CLASSES) + 1, BOX, 1 + SHAPES_CLASSES.index("square"))
+    info = DetectorInfo(model.config, SHAPES_CLASSES)
+    save_detector(model, tmp_path / "m.pth", SHAPES_CLASSES)
+    export_onnx(model, info, tmp_path / "raw.onnx")
+    export_onnx(model, info, tmp_path / "nms.onnx", ExportSpec("detections"))
+    folder = fixture_folder(tmp_path)
+    maps = {}
+    for weights in ("m.pth", "raw.onnx", "nms.onnx"):
+        argv = ["--weights", str(tmp_path / weights), "--dataset", "Shapes", "--dataset_root", str(folder),
+                "--num_workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", weights]  # fmt: skip
+        assert run_cli(eval_script.main, eval_script.get_args_parser(), argv) == 0
+        maps[weights] = json.loads((tmp_path / "runs" / f"{weights}1" / "ap.json").read_text())["map"]
+    assert maps["m.pth"] == pytest.approx(0.5) and maps["raw.onnx"] == maps["nms.onnx"] == maps["m.pth"]
+    capsys.readouterr()
+    argv = ["--weights", str(tmp_path / "nms.onnx"), "--dataset", "Shapes", "--dataset_root", str(folder),
+            "--conf_thresh", "0.2", "--project", str(tmp_path / "runs")]  # fmt: skip
+    assert run_cli(eval_script.main, eval_script.get_args_parser(), argv) == 2
+    assert "has its Detect settings built in" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def _describe_foreign(path: Path) -> str | None:
     with path.open("rb") as handle:
         head = handle.read(16)
     if path.suffix.lower() == ".onnx":
-        return "an ONNX model: run it with inference.py --weights <file> (eval.py and export need a PyTorch checkpoint)"
+        return "an ONNX model: inference.py and eval.py run it (--weights <file>); export needs a PyTorch checkpoint"
     for magic, kind in _NOT_CHECKPOINTS:
         if head.startswith(magic):
             return f"{kind}, not a PyTorch checkpoint; pass a .pth file with --weights"

@@ -188,8 +188,8 @@ def _dataset_name(text: str) -> str:
 
 def add_weights_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", "--trained_model", dest="weights", default=DEFAULT_WEIGHTS,
-                        help="a checkpoint of this project or an ssd.pytorch state_dict (inference.py: also an "
-                             "exported .onnx file)")  # fmt: skip
+                        help="a checkpoint of this project or an ssd.pytorch state_dict (inference.py and eval.py: "
+                             "also an exported .onnx or .pt2 file)")  # fmt: skip
 
 
 def add_dataset_flags(parser: argparse.ArgumentParser, split: str, root_required: bool = False) -> None:

@@ -220,6 +220,11 @@ class Predictor:
     def __init__(self, runner: Runner, settings: DetectSettings | None = None) -> None:
         self.runner = runner
         self.settings = settings or runner.info.postprocess
+        if runner.returns_detections and self.settings != runner.info.postprocess:
+            raise ValueError(
+                f"this exported graph has its Detect settings built in ({runner.info.postprocess}); export it again "
+                "with the detection flags you want (python -m utils.export --nms --conf_thresh ...)"
+            )
         self.detect = Detect.from_settings(runner.info.num_classes, self.settings)
         self.transform = runner.info.preprocess.transform(runner.info.config.size)
         self.speed = SpeedLog()
