@@ -245,8 +245,10 @@ class CalibrationImages:
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Iterator[np.ndarray]) -> Path:
     """Static INT8 quantization with onnxruntime (QDQ, per-channel weights) of the convolutions of an exported
-    graph, calibrated on ``calibration`` (inputs as the graph takes them, one image each). Post-processing
-    (decode, softmax, NMS) stays in float32. The metadata are kept; ``precision`` becomes ``int8``."""
+    graph, calibrated on ``calibration`` (inputs as the graph takes them, one image each). Activation ranges are
+    the 99.999th percentiles (onnxruntime's Percentile calibration): on the demo model min-max ranges cost 0.0115
+    VOC07 mAP, percentiles none (README, "Deploy"). Post-processing (decode, softmax, NMS) stays in float32. The
+    metadata are kept; ``precision`` becomes ``int8``."""
     quantization = _require("onnxruntime.quantization")
     onnx = _require("onnx")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
@@ -256,7 +258,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
         quantization.quantize_static(
             str(prepared), str(int8_path), CalibrationImages(calibration), quant_format=quantization.QuantFormat.QDQ,
             per_channel=True, op_types_to_quantize=["Conv"], activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
+            weight_type=quantization.QuantType.QInt8, calibrate_method=quantization.CalibrationMethod.Percentile,
         )  # fmt: skip
     meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props} | {"precision": "int8"}
     proto = onnx.load(str(int8_path))
