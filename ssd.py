@@ -1,21 +1,35 @@
-"""The SSD network: a VGG-16 base, extra feature layers and convolutional prediction heads.
+"""The SSD network: a base network, extra feature layers and convolutional prediction heads.
 
-SSD300 and SSD512 follow Liu et al., "SSD: Single Shot MultiBox Detector" (ECCV 2016), §2.1 and Fig. 2.
-With the default arguments the module tree, parameter names and shapes are exactly ssd.pytorch's, so its
-checkpoints load with ``load_state_dict(..., strict=True)`` and give the same outputs.
+Three backbones, each an entry of :data:`BACKBONES` (``ModelConfig.backbone``):
 
-``forward`` returns raw logits only; softmax, decoding and NMS live in :class:`layers.detection.Detect` and
-training targets in :class:`layers.multibox_loss.MultiBoxLoss`.
+* ``vgg16``: SSD300 and SSD512 of Liu et al., "SSD: Single Shot MultiBox Detector" (ECCV 2016), §2.1 and Fig. 2.
+  With the default arguments the module tree, parameter names and shapes are exactly ssd.pytorch's, so its
+  checkpoints load with ``load_state_dict(..., strict=True)`` and give the same outputs.
+* ``mobilenet_v3_large``: SSDLite320 as torchvision builds it (MobileNetV3 §6.3, MobileNetV2 §6.2): sources at
+  C4's expansion layer (20x20) and the last layer (10x10), four depthwise-separable extra blocks, depthwise-
+  separable heads, BatchNorm and ReLU6 throughout. Module names are torchvision's under other prefixes
+  (``base`` for ``backbone.features``, ``extras`` for ``backbone.extra``, ``loc``/``conf`` for the regression and
+  classification heads), which is what lets ``utils.convert_torchvision`` rename keys and nothing else.
+* ``resnet50``: SSD300 of NVIDIA's DeepLearningExamples: ResNet-50 up to layer3 with layer3's stride set to 1
+  (1024 channels at 38x38), five BatchNorm extra blocks, 3x3 heads.
+
+The base networks themselves are ``torchvision.models``' (``mobilenet_v3_large``, ``resnet50``); the feature
+taps, extra layers, heads and priors are this module's. ``forward`` returns raw logits only; softmax, decoding
+and NMS live in :class:`layers.detection.Detect` and training targets in :class:`layers.multibox_loss.MultiBoxLoss`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 
+from layers.detection import DetectSettings
 from layers.l2norm import L2Norm
 from layers.prior_box import PriorConfig, prior_boxes, prior_config
 
@@ -50,6 +64,20 @@ EXTRAS: dict[int, tuple[tuple[int, int, int, int], ...]] = {
         (256, 4, 1, 1),  # conv12:  2 -> 1, the 4x4 kernel of Caffe's SSD512
     ),
 }
+# NVIDIA's ResNet-50 SSD300 extras: (mid, out, stride, padding) after layer3's 1024 channels; 38 -> 19 -> 10 -> 5
+# -> 3 -> 1. The first three halve the map, the last two shrink it by 2 without padding, as VGG SSD300's do.
+RESNET_EXTRAS: tuple[tuple[int, int, int, int], ...] = (
+    (256, 512, 2, 1),
+    (256, 512, 2, 1),
+    (128, 256, 2, 1),
+    (128, 256, 1, 0),
+    (128, 256, 1, 0),
+)
+# SSDLite's extra blocks after MobileNetV3's last layer: output channels (times the width multiplier, at least 16);
+# each halves the map: 10 -> 5 -> 3 -> 2 -> 1 at 320.
+SSDLITE_EXTRAS: tuple[int, ...] = (512, 256, 256, 128)
+# torchvision's SSDLite BatchNorm (ssdlite320_mobilenet_v3_large's norm_layer), also inside the MobileNetV3 base.
+SSDLiteBatchNorm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
 
 
 @dataclass(frozen=True)
@@ -57,12 +85,16 @@ class ModelConfig:
     """Everything needed to rebuild an :class:`SSD`; saved inside this project's checkpoints.
 
     Args:
-        size: input side, 300 or 512.
+        size: input side (vgg16: 300 or 512; resnet50: 300; mobilenet_v3_large: 320).
         num_classes: C, including the background.
         priors: prior layout; its ``image_size`` must equal ``size``.
-        width: multiplier on every channel count (1.0 is the paper's network).
-        batch_norm: add BatchNorm after every convolution of the base and the extras (for training from
-            scratch). Changes the state_dict layout, so ssd.pytorch checkpoints need the default False.
+        width: multiplier on every channel count (1.0 is the paper's network; resnet50 has 1.0 only).
+        batch_norm: vgg16 only: add BatchNorm after every convolution of the base and the extras (for training
+            from scratch). Changes the state_dict layout, so ssd.pytorch checkpoints need the default False. The
+            other backbones have BatchNorm by design.
+        backbone: a key of :data:`BACKBONES`. Checkpoints written before there was a choice are vgg16.
+        reduced_tail: mobilenet_v3_large only: MobileNetV3's last stage at half width (MobileNetV3 §6.3, Table 6),
+            as in torchvision's COCO SSDLite; ImageNet's MobileNetV3 weights have the full tail.
     """
 
     size: int
@@ -70,6 +102,8 @@ class ModelConfig:
     priors: PriorConfig
     width: float = 1.0
     batch_norm: bool = False
+    backbone: str = "vgg16"
+    reduced_tail: bool = False
 
 
 def _channels(channels: int, width: float) -> int:
@@ -135,14 +169,252 @@ def _out_channels(module: nn.Module) -> int:
     return convs[-1].out_channels
 
 
-class SSD(nn.Module):
-    """Single Shot MultiBox Detector.
+def _conv_bn_relu6(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Convolution (no bias), BatchNorm, ReLU6: torchvision's ``Conv2dNormActivation`` as SSDLite uses it (same
+    module indices, hence the same state_dict keys)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        SSDLiteBatchNorm(out_channels),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class Backbone:
+    """One entry of :data:`BACKBONES`: how an :class:`SSD` of this backbone builds, initialises and runs its
+    feature layers, and the design that goes with them.
 
     Attributes:
-        vgg: the base network (``nn.ModuleList``, ssd.pytorch's indices).
-        L2Norm: scale of the conv4_3 source.
+        name: the ``--backbone`` value.
+        sizes: input sizes the design has feature layers for; the first is the default.
+        prior_family: the design's priors (``layers.prior_box.PRIOR_CONFIGS``), or None: the dataset's.
+        test_settings: the design's Detect settings.
+        batch_norm_option, tail_option: whether ``ModelConfig.batch_norm`` / ``reduced_tail`` apply to it.
+    """
+
+    name: str
+    sizes: tuple[int, ...]
+    prior_family: str | None = None
+    test_settings: DetectSettings = DetectSettings()
+    batch_norm_option: bool = False
+    tail_option: bool = False
+
+    def check_size(self, size: int) -> None:
+        """Raise a ValueError unless the design has feature layers for ``size``."""
+        if size not in self.sizes:
+            raise ValueError(
+                f"SSD input size must be one of {sorted(self.sizes)} for the {self.name} backbone, got {size}"
+            )
+
+    def check(self, config: ModelConfig) -> None:
+        """Raise a ValueError naming what ``config`` asks that this backbone cannot build."""
+        self.check_size(config.size)
+        if config.batch_norm and not self.batch_norm_option:
+            raise ValueError(f"the {self.name} design has BatchNorm throughout; batch_norm is a vgg16 option")
+        if config.reduced_tail and not self.tail_option:
+            raise ValueError(f"reduced_tail is a mobilenet_v3_large option, not one of {self.name}")
+
+    def build(self, model: SSD, config: ModelConfig) -> list[int]:
+        """Add the base and extra layers to ``model``; return the channels of each source layer."""
+        raise NotImplementedError
+
+    def head(self, in_channels: int, out_channels: int) -> nn.Module:
+        """One prediction head: a source layer's features [B, in, H, W] -> [B, out, H, W]."""
+        return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def sources(self, model: SSD, x: Tensor) -> list[Tensor]:
+        """The feature maps the heads read, largest first."""
+        raise NotImplementedError
+
+    def reset_parameters(self, model: SSD) -> None:
+        """The initialisation of a model trained from scratch."""
+        raise NotImplementedError
+
+
+class VGG16(Backbone):
+    """SSD §2.1: VGG-16 with reduced fc6/fc7, sources at conv4_3 (L2-normalised) and fc7, then the extras."""
+
+    name = "vgg16"
+    sizes = tuple(EXTRAS)
+    batch_norm_option = True
+
+    def build(self, model: SSD, config: ModelConfig) -> list[int]:
+        vgg, model._source_split = vgg_base(config.width, config.batch_norm)
+        model.vgg = nn.ModuleList(vgg)
+        conv4_3_channels = _out_channels(model.vgg[: model._source_split])
+        fc7_channels = _out_channels(model.vgg)
+        model.L2Norm = L2Norm(conv4_3_channels, scale=20.0)
+        model.extras = nn.ModuleList(extra_layers(config.size, fc7_channels, config.width, config.batch_norm))
+        return [conv4_3_channels, fc7_channels] + [_out_channels(m) for m in model.extras[1::2]]
+
+    def sources(self, model: SSD, x: Tensor) -> list[Tensor]:
+        for layer in model.vgg[: model._source_split]:
+            x = layer(x)
+        features = [model.L2Norm(x)]
+        for layer in model.vgg[model._source_split :]:
+            x = layer(x)
+        features.append(x)
+        for k, layer in enumerate(model.extras):
+            x = F.relu(layer(x), inplace=True)
+            if k % 2 == 1:
+                features.append(x)
+        return features
+
+    def reset_parameters(self, model: SSD) -> None:
+        """Xavier-uniform convolutions with zero bias, as ssd.pytorch's train.py initialises SSD; the base is
+        usually overwritten by ImageNet weights afterwards (:func:`utils.checkpoint.load_base_weights`)."""
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+class StagedBackbone(Backbone):
+    """A base network cut into stages (``model.base``) and extra blocks (``model.extras``); the output of every
+    stage and every block is a source layer."""
+
+    def sources(self, model: SSD, x: Tensor) -> list[Tensor]:
+        features = []
+        for stage in model.base:
+            x = stage(x)
+            features.append(x)
+        for block in model.extras:
+            x = block(x)
+            features.append(x)
+        return features
+
+
+class MobileNetV3Large(StagedBackbone):
+    """SSDLite320 (torchvision's ``ssdlite320_mobilenet_v3_large``).
+
+    The base is cut inside C5's first block (the last stride-2 one): its 1x1 expansion output, at stride 16, is the
+    first source (MobileNetV3 §6.3: "C4 ... the expansion layer"); the base's last layer, at stride 32, the second.
+    Extra blocks are 1x1 (half width) -> 3x3 depthwise stride 2 -> 1x1; heads are 3x3 depthwise -> 1x1.
+    """
+
+    name = "mobilenet_v3_large"
+    sizes = (320,)
+    prior_family = "SSDLITE"
+    tail_option = True
+    # torchvision's SSDLite test settings (ssdlite320_mobilenet_v3_large's defaults).
+    test_settings = DetectSettings(conf_thresh=0.001, nms_thresh=0.55, top_k=300, keep_top_k=300)
+
+    def build(self, model: SSD, config: ModelConfig) -> list[int]:
+        features = torchvision.models.mobilenet_v3_large(
+            weights=None, width_mult=config.width, reduced_tail=config.reduced_tail, norm_layer=SSDLiteBatchNorm
+        ).features
+        c5 = [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)][-1]
+        assert not features[c5].use_res_connect, "C5's first block changes the resolution: no residual"
+        model.base = nn.ModuleList(
+            [
+                nn.Sequential(*features[:c5], features[c5].block[0]),  # up to C5's expansion: stride 16
+                nn.Sequential(features[c5].block[1:], *features[c5 + 1 :]),  # C5's depthwise onwards: stride 32
+            ]
+        )
+        channels = [features[c5].block[0].out_channels, features[-1].out_channels]
+        blocks = []
+        for out_channels in SSDLITE_EXTRAS:
+            out_channels = max(16, int(out_channels * config.width))
+            middle = out_channels // 2
+            blocks.append(
+                nn.Sequential(
+                    _conv_bn_relu6(channels[-1], middle, 1),
+                    _conv_bn_relu6(middle, middle, 3, stride=2, groups=middle),
+                    _conv_bn_relu6(middle, out_channels, 1),
+                )
+            )
+            channels.append(out_channels)
+        model.extras = nn.ModuleList(blocks)
+        return channels
+
+    def head(self, in_channels: int, out_channels: int) -> nn.Module:
+        return nn.Sequential(_conv_bn_relu6(in_channels, in_channels, 3, groups=in_channels),
+                             nn.Conv2d(in_channels, out_channels, kernel_size=1))  # fmt: skip
+
+    def reset_parameters(self, model: SSD) -> None:
+        """torchvision's SSDLite from scratch: every convolution N(0, 0.03) with zero bias, BatchNorm at 1 and 0."""
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, mean=0.0, std=0.03)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+
+
+class ResNet50(StagedBackbone):
+    """NVIDIA's ResNet-50 SSD300: conv1 to layer3 with layer3's first block at stride 1 (38x38, 1024 channels),
+    then five extra blocks of 1x1 -> 3x3 convolutions with BatchNorm and ReLU."""
+
+    name = "resnet50"
+    sizes = (300,)
+
+    def check(self, config: ModelConfig) -> None:
+        super().check(config)
+        if config.width != 1.0:
+            raise ValueError(
+                f"the resnet50 backbone is torchvision's ResNet-50 at width 1.0 only, got width {config.width}"
+            )
+
+    def build(self, model: SSD, config: ModelConfig) -> list[int]:
+        resnet = torchvision.models.resnet50(weights=None)
+        first = resnet.layer3[0]  # torchvision's Bottleneck (v1.5) strides in conv2 and in the shortcut
+        first.conv2.stride = (1, 1)
+        first.downsample[0].stride = (1, 1)
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
+        model.base = nn.ModuleList([nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in names))])
+        channels = [1024]
+        blocks = []
+        for middle, out_channels, stride, padding in RESNET_EXTRAS:
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(channels[-1], middle, kernel_size=1, bias=False),
+                    nn.BatchNorm2d(middle),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(middle, out_channels, kernel_size=3, stride=stride, padding=padding, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            channels.append(out_channels)
+        model.extras = nn.ModuleList(blocks)
+        return channels
+
+    def reset_parameters(self, model: SSD) -> None:
+        """The base as torchvision initialises ResNet (Kaiming normal, fan-out); extras and heads Xavier-uniform
+        with zero bias, as NVIDIA's SSD300 does."""
+        for module in model.base.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        for module in [*model.extras.modules(), *model.loc.modules(), *model.conf.modules()]:
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+
+
+BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (VGG16(), MobileNetV3Large(), ResNet50())}
+# Every input size some backbone is built for.
+SIZES: tuple[int, ...] = tuple(sorted({size for backbone in BACKBONES.values() for size in backbone.sizes}))
+
+
+def backbone_of(name: str) -> Backbone:
+    """The :data:`BACKBONES` entry ``name``, or a ValueError listing them."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+class SSD(nn.Module):
+    """Single Shot MultiBox Detector, of any backbone of :data:`BACKBONES`.
+
+    Attributes:
+        vgg, L2Norm (vgg16): the base network (ssd.pytorch's indices) and the scale of the conv4_3 source.
+        base (other backbones): the base network's stages, each ending at a source layer.
         extras: the extra feature layers.
-        loc, conf: one 3x3 prediction head per source layer.
+        loc, conf: one prediction head per source layer.
         priors (Tensor[P, 4]): cxcywh priors, a non-persistent buffer (follows ``.to(device)``, absent from
             the state_dict).
     """
@@ -151,8 +423,8 @@ class SSD(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.size not in EXTRAS:
-            raise ValueError(f"SSD input size must be one of {sorted(EXTRAS)}, got {config.size}")
+        backbone = backbone_of(config.backbone)
+        backbone.check(config)
         if config.priors.image_size != config.size:
             raise ValueError(
                 f"prior config is for {config.priors.image_size}x{config.priors.image_size} input "
@@ -163,50 +435,32 @@ class SSD(nn.Module):
         self.config = config
         self.num_classes = config.num_classes
 
-        vgg, self._source_split = vgg_base(config.width, config.batch_norm)
-        self.vgg = nn.ModuleList(vgg)
-        conv4_3_channels = _out_channels(self.vgg[: self._source_split])
-        fc7_channels = _out_channels(self.vgg)
-        self.L2Norm = L2Norm(conv4_3_channels, scale=20.0)
-        self.extras = nn.ModuleList(extra_layers(config.size, fc7_channels, config.width, config.batch_norm))
-
-        source_channels = [conv4_3_channels, fc7_channels] + [_out_channels(m) for m in self.extras[1::2]]
+        source_channels = backbone.build(self, config)
         boxes = config.priors.boxes_per_location
         if len(source_channels) != len(boxes):
             raise ValueError(
-                f"SSD{config.size} has {len(source_channels)} source layers but the prior config describes {len(boxes)}"
+                f"SSD{config.size} ({config.backbone}) has {len(source_channels)} source layers but the prior config "
+                f"describes {len(boxes)}"
             )
-        self.loc = nn.ModuleList(
-            nn.Conv2d(c, n * 4, kernel_size=3, padding=1) for c, n in zip(source_channels, boxes, strict=True)
-        )
+        self.loc = nn.ModuleList(backbone.head(c, n * 4) for c, n in zip(source_channels, boxes, strict=True))
         self.conf = nn.ModuleList(
-            nn.Conv2d(c, n * config.num_classes, kernel_size=3, padding=1)
-            for c, n in zip(source_channels, boxes, strict=True)
+            backbone.head(c, n * config.num_classes) for c, n in zip(source_channels, boxes, strict=True)
         )
         self.register_buffer("priors", prior_boxes(config.priors), persistent=False)
         self.reset_parameters()
 
+    @property
+    def backbone(self) -> Backbone:
+        """How this network's feature layers are built and run (its :data:`BACKBONES` entry)."""
+        return BACKBONES[self.config.backbone]
+
     def reset_parameters(self) -> None:
-        """Xavier-uniform convolutions with zero bias, as ssd.pytorch's train.py initialises SSD; the base
-        is usually overwritten by ImageNet weights afterwards (:func:`utils.checkpoint.load_base_weights`)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        """The backbone's from-scratch initialisation (:meth:`Backbone.reset_parameters`)."""
+        self.backbone.reset_parameters(self)
 
     def sources(self, x: Tensor) -> list[Tensor]:
-        """The feature maps the heads read: conv4_3 (L2-normalised), fc7 and the extras' outputs."""
-        for layer in self.vgg[: self._source_split]:
-            x = layer(x)
-        features = [self.L2Norm(x)]
-        for layer in self.vgg[self._source_split :]:
-            x = layer(x)
-        features.append(x)
-        for k, layer in enumerate(self.extras):
-            x = F.relu(layer(x), inplace=True)
-            if k % 2 == 1:
-                features.append(x)
-        return features
+        """The feature maps the heads read (vgg16: conv4_3 L2-normalised, fc7 and the extras' outputs)."""
+        return self.backbone.sources(self, x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Run the network.
@@ -231,26 +485,36 @@ class SSD(nn.Module):
 
 
 def build_ssd(
-    size: int = 300,
+    size: int | None = None,
     num_classes: int = 21,
-    priors: str | PriorConfig = "VOC",
+    priors: str | PriorConfig | None = None,
     width: float = 1.0,
     batch_norm: bool = False,
+    backbone: str = "vgg16",
+    reduced_tail: bool = False,
 ) -> SSD:
-    """Build an SSD300 or SSD512.
+    """Build an SSD.
 
     Args:
-        size: 300 or 512.
+        size: input side; default the backbone's first (vgg16 and resnet50: 300; mobilenet_v3_large: 320).
         num_classes: C, including the background (VOC: 21, COCO: 81, Cityscapes: 9).
         priors: a prior family name (``PRIOR_FAMILIES`` in :mod:`layers.prior_box`) or an explicit
-            :class:`PriorConfig`. Never inferred from ``num_classes``.
+            :class:`PriorConfig`. Never inferred from ``num_classes``. Default: the backbone's design
+            (mobilenet_v3_large: SSDLITE), else VOC.
         width: channel multiplier; 1.0 is the paper's network.
-        batch_norm: BatchNorm after every base/extra convolution.
+        batch_norm: vgg16: BatchNorm after every base/extra convolution.
+        backbone: a key of :data:`BACKBONES`.
+        reduced_tail: mobilenet_v3_large: the half-width last stage of torchvision's COCO SSDLite.
 
     ``build_ssd()`` is exactly ssd.pytorch's ``build_ssd('train', 300, 21)`` network.
     """
+    design = backbone_of(backbone)
+    size = design.sizes[0] if size is None else size
+    design.check_size(size)  # before looking up the priors of that size
+    priors = (design.prior_family or "VOC") if priors is None else priors
     prior_cfg = prior_config(priors, size) if isinstance(priors, str) else priors
-    return SSD(ModelConfig(size=size, num_classes=num_classes, priors=prior_cfg, width=width, batch_norm=batch_norm))
+    config = ModelConfig(size, num_classes, prior_cfg, width, batch_norm, backbone, reduced_tail)
+    return SSD(config)
 
 
 def model_config_to_dict(config: ModelConfig) -> dict:
@@ -259,16 +523,17 @@ def model_config_to_dict(config: ModelConfig) -> dict:
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:
-    """Inverse of :func:`model_config_to_dict`."""
+    """Inverse of :func:`model_config_to_dict`; fields that older checkpoints lack take their defaults."""
     p = data["priors"]
     priors = PriorConfig(
         image_size=int(p["image_size"]),
         feature_maps=tuple(p["feature_maps"]),
-        steps=tuple(p["steps"]),
+        steps=None if p["steps"] is None else tuple(p["steps"]),
         min_sizes=tuple(p["min_sizes"]),
         max_sizes=tuple(p["max_sizes"]),
         aspect_ratios=tuple(tuple(ratios) for ratios in p["aspect_ratios"]),
         clip=bool(p.get("clip", True)),
+        clip_centres=bool(p.get("clip_centres", True)),
     )
     return ModelConfig(
         size=int(data["size"]),
@@ -276,4 +541,6 @@ def model_config_from_dict(data: dict) -> ModelConfig:
         priors=priors,
         width=float(data.get("width", 1.0)),
         batch_norm=bool(data.get("batch_norm", False)),
+        backbone=str(data.get("backbone", "vgg16")),
+        reduced_tail=bool(data.get("reduced_tail", False)),
     )

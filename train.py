@@ -17,7 +17,7 @@ import sys
 import torch
 
 from layers.prior_box import PRIOR_FAMILIES
-from ssd import EXTRAS
+from ssd import BACKBONES, SIZES
 from utils.augmentations import CROP_SAMPLERS, PIXEL_NORMS
 from utils.cli import (
     NON_NEGATIVE_FLOAT,
@@ -50,17 +50,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--crop_samplers", choices=sorted(CROP_SAMPLERS), default="paper",
                       help="random crop: paper (SSD §2.2, Caffe: 7 samplers, one passing patch picked) or ssd_pytorch (6 modes, one drawn at a time)")  # fmt: skip
     model = parser.add_argument_group("model")
-    model.add_argument("--size", type=int, default=300, choices=sorted(EXTRAS))
+    model.add_argument("--backbone", choices=sorted(BACKBONES), default="vgg16",
+                       help="vgg16: SSD300/512; mobilenet_v3_large: SSDLite320; resnet50: NVIDIA's SSD300 (README, 'Backbones')")  # fmt: skip
+    model.add_argument("--size", type=int, default=None, choices=SIZES,
+                       help="input size; default the backbone's (vgg16 and resnet50: 300, mobilenet_v3_large: 320)")  # fmt: skip
     model.add_argument("--priors", choices=PRIOR_FAMILIES, default=None,
-                       help="prior sizes (COCO's start smaller: better for small objects); default: the dataset's")  # fmt: skip
-    model.add_argument("--width", type=bounded(float, 0, 8, low_open=True), default=1.0, help="channel multiplier (1.0 = the paper's VGG-16)")
-    model.add_argument("--batch_norm", action="store_true", help="BatchNorm after every base/extra conv (from scratch)")
-    model.add_argument(
-        "--basenet", default="weights/vgg16_reducedfc.pth", help="ImageNet VGG-16 base, or 'none' to train from scratch"
-    )
-    model.add_argument("--pixel_norm", choices=sorted(PIXEL_NORMS), default="caffe",
-                       help="input normalisation: caffe for vgg16_reducedfc.pth, torchvision for utils/convert_vgg.py output")  # fmt: skip
-    model.add_argument("--finetune", default=None, help="detector checkpoint to start from, all but its conf heads")
+                       help="prior sizes (COCO's start smaller: better for small objects); default: the backbone's (SSDLITE for mobilenet_v3_large), else the dataset's")  # fmt: skip
+    model.add_argument("--width", type=bounded(float, 0, 8, low_open=True), default=1.0, help="channel multiplier (1.0 = the paper's network)")  # fmt: skip
+    model.add_argument("--batch_norm", action="store_true", help="vgg16: BatchNorm after every base/extra conv (from scratch)")  # fmt: skip
+    model.add_argument("--basenet", default=None,
+                       help="ImageNet base network file, or 'none' to train from scratch; default weights/vgg16_reducedfc.pth, "
+                            "weights/mobilenet_v3_large-8738ca79.pth or weights/resnet50-0676ba61.pth (by backbone)")  # fmt: skip
+    model.add_argument("--pixel_norm", choices=sorted(PIXEL_NORMS), default=None,
+                       help="input normalisation: caffe for vgg16_reducedfc.pth, torchvision for torchvision's weights "
+                            "(utils/convert_vgg.py output, MobileNetV3, ResNet-50); default by backbone")  # fmt: skip
+    model.add_argument("--finetune", default=None,
+                       help="detector checkpoint to start from, all but its conf heads; a checkpoint of this project "
+                            "(or converted from torchvision) brings its network, preprocessing and test settings")  # fmt: skip
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--end_epoch", "--epochs", dest="end_epoch", type=POSITIVE_INT, default=100)
     optim.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="global batch, split over processes")

@@ -1,79 +1,134 @@
-"""(b) end-to-end inference: preprocess a 500x375 BGR image, run SSD300, Detect; against torchvision.
+"""(b) end-to-end inference: preprocess a 500x375 BGR image, run the network, Detect; against torchvision.
 
-Baselines: torchvision's ssd300_vgg16 called on the image (its own resize/normalise, network and
-post-processing with the same settings: score 0.01, NMS 0.45, 400 candidates, 200 per image), and a plain
-pipeline of an eager NCHW forward and the per-class loop NMS (tests.reference.plain_detect). All networks have random weights, so every
-pipeline does the NMS work of an untrained model (many candidates): an upper bound on post-processing.
+For --backbone vgg16 (SSD300) and mobilenet_v3_large (SSDLite320) the baseline is torchvision's model of the same
+architecture and weights (ssd300_vgg16, ssdlite320_mobilenet_v3_large) called on the image: its own resize and
+normalisation, network and post-processing, with its own settings (ssd300_vgg16: score 0.01, NMS 0.45, 400
+candidates, 200 per image; ssdlite: 0.001, 0.55, 300, 300). This project's pipeline, as inference.py runs it:
+
+* "SSD + Detect": a model trained here (OpenCV resize, utils.runtime.InferenceModel, Detect with the backbone's
+  test settings, which are torchvision's numbers for SSDLite);
+* "converted checkpoint": the same weights as a checkpoint from utils.convert_torchvision (torchvision's resize, the
+  network run exactly, boxes clipped and clamped as torchvision does: its detections);
+* "Detect alone" and "torchvision post-processing alone": each side's post-processing on its own network's outputs,
+  so that the network and the post-processing can be told apart (torchvision's SSDLite post-processing is slow at
+  score 0.001: a per-class loop over 90 classes and a batched NMS of up to 27,000 boxes).
+
+For vgg16 also a plain pipeline of an eager NCHW forward and the per-class loop NMS (tests.reference.plain_detect).
+For resnet50, which torchvision lacks, the baseline is the plain eager network with Detect. All networks have random
+weights, so every pipeline does the NMS work of an untrained model (many candidates): an upper bound on
+post-processing.
 
     python -m benchmarks.bench_end_to_end --batch 1
+    python -m benchmarks.bench_end_to_end --backbone mobilenet_v3_large --batch 1
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from benchmarks.common import get_args_parser, measure, report, setup
+from benchmarks.common import (
+    TORCHVISION_BUILDERS,
+    add_backbone_flags,
+    benchmark_models,
+    get_args_parser,
+    measure,
+    report,
+    setup,
+)
 from layers.detection import Detect
-from ssd import build_ssd
+from ssd import BACKBONES
 from tests.reference import plain_detect
-from utils.augmentations import BaseTransform
+from utils.augmentations import PIXEL_NORMS
+from utils.convert_torchvision import BUILDER_OF_BACKBONE
 from utils.runtime import InferenceModel
 
 
 def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0])
+    add_backbone_flags(parser)
     args = parser.parse_args()
     device = setup(args)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(args.batch)]
-    torch.manual_seed(0)
-    model = build_ssd(300, 21).to(device).eval()
-    plain = build_ssd(300, 21).to(device).eval()
-    plain.load_state_dict(model.state_dict())
+    model, tv = benchmark_models(args.backbone, args.classes, device)
+    num_classes, size = model.num_classes, model.config.size
+    plain = copy.deepcopy(model)
     network = InferenceModel(model, cuda_graph=True)  # as inference.py runs it (graphs on a GPU only)
-    transform, detect = BaseTransform(300), Detect(21)
+    transform = PIXEL_NORMS["caffe" if args.backbone == "vgg16" else "torchvision"].transform(size)
+    detect = Detect.from_settings(num_classes, BACKBONES[args.backbone].test_settings)
 
-    def preprocess() -> torch.Tensor:  # [B, 3, 300, 300], as inference.py's Predictor
+    def preprocess(transform: Callable = transform) -> torch.Tensor:  # [B, 3, S, S], as inference.py's Predictor
         return torch.from_numpy(np.stack([transform(image)[0] for image in images]))
 
-    def pipeline(net: InferenceModel) -> Callable[[], None]:
-        return lambda: detect(*net(preprocess()), net.priors)
-
-    def plain_pipeline() -> None:
-        with torch.no_grad():
-            loc, conf = plain(preprocess().to(device))
-            plain_detect(loc, conf, plain.priors)
-
-    from torchvision.models.detection import ssd300_vgg16
-
-    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
-
-    def torchvision_pipeline() -> None:
-        tensors = [
-            torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float().div(255).to(device) for image in images
-        ]
-        with torch.no_grad():
-            tv(tensors)
+    def pipeline(net: InferenceModel, detect: Detect = detect, transform: Callable = transform) -> Callable[[], None]:
+        return lambda: detect(*net(preprocess(transform)), net.priors)
 
     outputs = network(preprocess())
+    candidates = {"SSD + Detect": pipeline(network), "Detect alone": lambda: detect(*outputs, model.priors)}
+    if tv is not None:
+        design = BUILDER_OF_BACKBONE[args.backbone]
+        exact = InferenceModel(model, cuda_graph=True, exact=True)
+        converted = pipeline(
+            exact, Detect.from_settings(num_classes, design.settings), design.preprocess().transform(size)
+        )
 
-    candidates = {
-        "torchvision ssd300_vgg16": torchvision_pipeline,
-        "plain eager + loop NMS": plain_pipeline,
-        "SSD + Detect": pipeline(network),
-        "Detect alone": lambda: detect(*outputs, model.priors),  # its share of "SSD + Detect"
-    }
+        def torchvision_pipeline() -> None:
+            tensors = [torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float().div(255).to(device)
+                       for image in images]  # fmt: skip
+            with torch.no_grad():
+                tv(tensors)
+
+        transformed = tv.transform([torch.zeros(3, 375, 500, device=device)] * args.batch)[0]
+        with torch.no_grad():
+            head = tv.head(list(tv.backbone(torch.randn(args.batch, 3, size, size, device=device)).values()))
+            anchors = tv.anchor_generator(transformed, list(tv.backbone(transformed.tensors).values()))
+
+        def torchvision_postprocessing() -> None:
+            with torch.no_grad():
+                found = tv.postprocess_detections(head, anchors, transformed.image_sizes)
+                tv.transform.postprocess(found, transformed.image_sizes, [(375, 500)] * args.batch)
+
+        baseline = f"torchvision {TORCHVISION_BUILDERS[args.backbone]}"
+        candidates = {baseline: torchvision_pipeline, **candidates, "converted checkpoint": converted,
+                      "torchvision post-processing alone": torchvision_postprocessing}  # fmt: skip
+    else:
+        baseline = "plain eager + Detect"
+
+        def plain_and_detect() -> None:
+            with torch.no_grad():
+                detect(*plain(preprocess().to(device)), plain.priors)
+
+        candidates = {baseline: plain_and_detect, **candidates}
+    if args.backbone == "vgg16":
+
+        def plain_pipeline() -> None:
+            with torch.no_grad():
+                loc, conf = plain(preprocess().to(device))
+                plain_detect(loc, conf, plain.priors)
+
+        candidates["plain eager + loop NMS"] = plain_pipeline
     if args.amp:
         candidates["SSD + Detect, amp"] = pipeline(InferenceModel(model, amp=True, cuda_graph=True))
     results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
-    plain_ratio = results["plain eager + loop NMS"]["median_s"] / results["SSD + Detect"]["median_s"]
     detect_share = results["Detect alone"]["median_s"] / results["SSD + Detect"]["median_s"]
-    report(f"end_to_end_b{args.batch}", results, "torchvision ssd300_vgg16", args, device, per_call_items=args.batch,
-           extra={"speedup_vs_plain_pipeline": plain_ratio, "detect_share": detect_share})  # fmt: skip
-    print(f"SSD + Detect vs plain eager + loop NMS: {plain_ratio:.2f}x; Detect is {100 * detect_share:.1f}% of it")
+    extra = {"detect_share": detect_share}
+    if "plain eager + loop NMS" in results:
+        extra["speedup_vs_plain_pipeline"] = (
+            results["plain eager + loop NMS"]["median_s"] / results["SSD + Detect"]["median_s"]
+        )
+    name = f"end_to_end_b{args.batch}" if args.backbone == "vgg16" else f"end_to_end_{args.backbone}_b{args.batch}"
+    report(name, results, baseline, args, device, per_call_items=args.batch, extra=extra)
+    line = f"Detect is {100 * detect_share:.1f}% of SSD + Detect"
+    if "speedup_vs_plain_pipeline" in extra:
+        line = f"SSD + Detect vs plain eager + loop NMS: {extra['speedup_vs_plain_pipeline']:.2f}x; " + line
+    if tv is not None:
+        share = results["torchvision post-processing alone"]["median_s"] / results[baseline]["median_s"]
+        line += f"; torchvision's post-processing is {100 * share:.1f}% of its pipeline"
+    print(line)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,26 @@
-"""(a) network forward, (h) onnxruntime and (i) the GEMM ceiling.
+"""(a) network forward, (h) onnxruntime and (i) the GEMM ceiling, for each backbone.
 
-Candidates, SSD300 fp32 at --batch: this project's SSD as eval.py and inference.py run it (utils.runtime.InferenceModel:
-channels_last, inference_mode; with --amp also in mixed precision; also through torch.compile with freezing,
+Candidates, fp32 at --batch, for --backbone (vgg16: SSD300; mobilenet_v3_large: SSDLite320; resnet50: NVIDIA's
+SSD300): this project's SSD as eval.py and inference.py run it (utils.runtime.InferenceModel: channels_last,
+BatchNorm folded, inference_mode; with --amp also in mixed precision; also through torch.compile with freezing,
 its compilation timed apart; on a GPU also replayed as CUDA graphs, as inference.py runs it there, and with
-cuDNN's heuristics instead of its autotuner), the same network plain eager (NCHW, no_grad), torchvision's ssd300_vgg16 backbone + head
-(weights=None; the baseline), and onnxruntime on the exported graph when onnxruntime is installed. Like the
-scripts, the process keeps freed memory (utils.cli.keep_freed_memory), which speeds up every candidate. The ceiling is the best of torch.mm's GFLOP/s with the
-same threads and two convolutions that the convolution library runs as GEMMs (see gemm_candidates); the
-network's multiply-accumulates are counted from its convolutions.
+cuDNN's heuristics instead of its autotuner), the same network as a checkpoint converted from torchvision runs it
+(InferenceModel(exact=True): NCHW, BatchNorm apart, torchvision's outputs to the bit), plain eager (NCHW, no_grad),
+torchvision's equivalent backbone + head with the same weights (ssd300_vgg16, ssdlite320_mobilenet_v3_large; the
+baseline; for resnet50, which torchvision lacks, plain eager is), and onnxruntime on the exported graph when
+onnxruntime is installed. Like the scripts, the process keeps freed memory (utils.cli.keep_freed_memory), which
+speeds up every candidate. The ceiling is the best of torch.mm's GFLOP/s with the same threads and two convolutions
+that the convolution library runs as GEMMs (see gemm_candidates); the network's multiply-accumulates are counted
+from its convolutions (depthwise ones too, which no GEMM runs at that rate).
 
     python -m benchmarks.bench_forward --batch 1 --layers
     python -m benchmarks.bench_forward --batch 8
+    python -m benchmarks.bench_forward --backbone mobilenet_v3_large --batch 1
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,8 +29,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.common import get_args_parser, measure, report, setup, without_cudnn_autotuner
-from ssd import build_ssd
+from benchmarks.common import (
+    TORCHVISION_BUILDERS,
+    add_backbone_flags,
+    benchmark_models,
+    get_args_parser,
+    measure,
+    report,
+    setup,
+    without_cudnn_autotuner,
+)
 from utils.runtime import InferenceModel
 
 
@@ -110,31 +124,32 @@ def main() -> None:
     parser.add_argument("--no_onnx", action="store_true")
     parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile candidate")
     parser.add_argument("--layers", action="store_true", help="also time the network's layers (a profile)")
+    add_backbone_flags(parser)
     args = parser.parse_args()
     device = setup(args)
-    x = torch.randn(args.batch, 3, 300, 300, device=device)
-    ours = build_ssd(300, 21).to(device).eval()
-    plain = build_ssd(300, 21).to(device).eval()
+    ours, tv = benchmark_models(args.backbone, args.classes, device)
+    size = ours.config.size
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    plain = copy.deepcopy(ours)
     network = InferenceModel(ours)  # as eval.py and inference.py run it
-
-    from torchvision.models.detection import ssd300_vgg16
-
-    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
-
-    def torchvision_forward() -> None:
-        with torch.no_grad():
-            features = list(tv.backbone(x).values())
-            tv.head(features)
+    exact = InferenceModel(ours, exact=True)  # as they run a checkpoint converted from torchvision
 
     def plain_forward() -> None:
         with torch.no_grad():
             plain(x)
 
-    candidates = {
-        "torchvision ssd300_vgg16": torchvision_forward,
-        "plain eager (NCHW)": plain_forward,
-        "InferenceModel": lambda: network(x),
-    }
+    candidates = {"plain eager (NCHW)": plain_forward}
+    baseline = "plain eager (NCHW)"
+    if tv is not None:
+
+        def torchvision_forward() -> None:
+            with torch.no_grad():
+                features = list(tv.backbone(x).values())
+                tv.head(features)
+
+        baseline = f"torchvision {TORCHVISION_BUILDERS[args.backbone]}"
+        candidates = {baseline: torchvision_forward, **candidates}
+    candidates |= {"InferenceModel": lambda: network(x), "InferenceModel, exact": lambda: exact(x)}
     compile_s = None
     if not args.no_compile:  # measured only: no gain on this project's CPU, so the scripts do not compile
         compiled = torch.compile(ours, options={"freezing": True}, dynamic=False)
@@ -163,8 +178,9 @@ def main() -> None:
             from utils.export import export_onnx
             from utils.predict import OnnxRunner
 
-            path = Path(tempfile.mkdtemp()) / "ssd300.onnx"
-            export_onnx(plain, DetectorInfo(plain.config, tuple(str(i) for i in range(20))), path)
+            path = Path(tempfile.mkdtemp()) / "ssd.onnx"
+            names = tuple(str(i) for i in range(plain.num_classes - 1))
+            export_onnx(copy.deepcopy(plain), DetectorInfo(plain.config, names), path)
             runner = OnnxRunner(path)
             candidates["onnxruntime"] = lambda: runner(x)
         except ValueError as error:
@@ -180,7 +196,8 @@ def main() -> None:
         stats["gflops"] = 2 * macs * args.batch / stats["median_s"] / 1e9
         stats["fraction_of_gemm_ceiling"] = stats["gflops"] / ceiling
         stats["fraction_of_torch_mm"] = stats["gflops"] / ceilings["torch_mm"]
-    report(f"forward_b{args.batch}", results, "torchvision ssd300_vgg16", args, device, per_call_items=args.batch,
+    name = f"forward_b{args.batch}" if args.backbone == "vgg16" else f"forward_{args.backbone}_b{args.batch}"
+    report(name, results, baseline, args, device, per_call_items=args.batch,
            extra={"macs_per_image": macs, "gemm_gflops": ceilings, "compile_seconds": compile_s})  # fmt: skip
     print(f"network: {macs / 1e9:.2f} GMAC per image; GEMM ceilings: torch.mm {ceilings['torch_mm']:.0f} GFLOP/s, "
           f"1x1 conv {ceilings['conv1x1_gemm']:.0f} GFLOP/s, 3x3 conv {ceilings['conv3x3_gemm']:.0f} GFLOP/s")  # fmt: skip

@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from ssd import BACKBONES, SSD, build_ssd
 from utils.cli import NON_NEGATIVE_INT, POSITIVE_INT, configure_torch
+
+# Each backbone's baseline: torchvision's model of the same architecture; torchvision has no ResNet-50 SSD.
+TORCHVISION_BUILDERS = {"vgg16": "ssd300_vgg16", "mobilenet_v3_large": "ssdlite320_mobilenet_v3_large"}
 
 
 def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser:
@@ -36,6 +41,41 @@ def get_args_parser(description: str, batch: int = 1) -> argparse.ArgumentParser
                         help="calls per round (default: enough to fill 50 ms, counted from the last warm-up round)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON results file (default: runs/bench/<name>.json)")
     return parser
+
+
+def add_backbone_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="vgg16")
+    parser.add_argument("--classes", type=POSITIVE_INT, default=None,
+                        help="C with the background; default 91 for mobilenet_v3_large (torchvision's COCO SSDLite), "
+                             "else 21 (VOC)")  # fmt: skip
+
+
+def benchmark_models(backbone: str, num_classes: int | None, device: torch.device) -> tuple[SSD, nn.Module | None]:
+    """This project's network of ``backbone`` and torchvision's model of the same architecture (None for resnet50),
+    with the same weights: random ones, converted from torchvision's (``utils.convert_torchvision``).
+
+    The BatchNorm statistics of the BatchNorm backbones come from one batch of random images: with fresh statistics
+    SSDLite's activations sink into denormal numbers, which CPUs compute many times slower than a trained network's.
+    """
+    from tests.fixtures import calibrate_batch_norm
+    from utils.convert_torchvision import from_torchvision
+
+    num_classes = num_classes or (91 if backbone == "mobilenet_v3_large" else 21)
+    torch.manual_seed(0)
+    if backbone not in TORCHVISION_BUILDERS:
+        model = build_ssd(backbone=backbone, num_classes=num_classes)
+        size = model.config.size
+        calibrate_batch_norm(model, lambda: model(torch.randn(4, 3, size, size)))
+        return model.to(device).eval(), None
+    import torchvision
+
+    build = getattr(torchvision.models.detection, TORCHVISION_BUILDERS[backbone])
+    tv = build(weights=None, weights_backbone=None, num_classes=num_classes)
+    if backbone != "vgg16":
+        batch = torch.randn(4, 3, 320, 320)
+        calibrate_batch_norm(tv, lambda: tv.head(list(tv.backbone(batch).values())))
+    model, _ = from_torchvision(tv.state_dict())
+    return model.to(device).eval(), tv.to(device).eval()
 
 
 def setup(args: argparse.Namespace) -> torch.device:

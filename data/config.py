@@ -23,6 +23,17 @@ COCO_CLASSES = (
     "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
+# COCO's category id of each of COCO_CLASSES: 1..90 without the 10 ids that name no category in the released sets.
+COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+
+
+def coco_names_by_id() -> tuple[str, ...]:
+    """The names of COCO category ids 1..90 (``names[id - 1]``), ``unused_<id>`` for the 10 ids without a category:
+    the classes of a detector whose class ``c`` is category id ``c``, as torchvision's COCO models are."""
+    by_id = dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES, strict=True))
+    return tuple(by_id.get(i, f"unused_{i}") for i in range(1, 91))
+
+
 # The 8 instance classes of the Cityscapes detection benchmark (as used for Cityscapes -> Foggy Cityscapes).
 CITYSCAPES_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 

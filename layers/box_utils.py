@@ -74,19 +74,25 @@ def encode(matched: Tensor, priors: Tensor, variances: Variances = DEFAULT_VARIA
     return torch.cat((centre, size), dim=-1)
 
 
-def decode(loc: Tensor, priors: Tensor, variances: Variances = DEFAULT_VARIANCES) -> Tensor:
+def decode(loc: Tensor, priors: Tensor, variances: Variances = DEFAULT_VARIANCES, clamp: float | None = None) -> Tensor:
     """Invert :func:`encode`: turn regression outputs back into boxes.
 
     Args:
         loc (Tensor[..., P, 4]): offsets ``(dcx, dcy, dw, dh)``.
         priors (Tensor[P, 4]): cxcywh.
         variances: as in :func:`encode`.
+        clamp: if given, the log-size offsets ``dw * variances[1]`` and ``dh * variances[1]`` are clamped at this
+            before ``exp``, so no box exceeds ``exp(clamp)`` times its prior. torchvision's ``BoxCoder`` clamps
+            at ``log(1000 / 16)``; Caffe SSD and ssd.pytorch do not clamp.
 
     Returns:
         Tensor[..., P, 4]: xyxy, relative coordinates, not clipped.
     """
     centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp(loc[..., 2:] * variances[1])
+    log_size = loc[..., 2:] * variances[1]
+    if clamp is not None:
+        log_size = log_size.clamp(max=clamp)
+    size = priors[:, 2:] * torch.exp(log_size)
     return cxcywh_to_xyxy(torch.cat((centre, size), dim=-1))
 
 

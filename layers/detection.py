@@ -26,12 +26,18 @@ class DetectSettings:
         nms_thresh: a box whose IoU with a better box of its class exceeds this is suppressed.
         top_k: candidates per class and image that enter NMS.
         keep_top_k: detections kept per image after NMS, across classes; ``None`` keeps all.
+        clip_boxes: clip decoded boxes to the image before NMS, as torchvision's SSD does (Caffe SSD and
+            ssd.pytorch do not).
+        decode_clamp: clamp the log-size offsets at this before decoding (``layers.box_utils.decode``); torchvision
+            clamps at ``log(1000 / 16)``, Caffe SSD and ssd.pytorch not at all (None).
     """
 
     conf_thresh: float = 0.01
     nms_thresh: float = 0.45
     top_k: int = 400
     keep_top_k: int | None = 200
+    clip_boxes: bool = False
+    decode_clamp: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conf_thresh < 1.0:
@@ -57,15 +63,17 @@ class DetectSettings:
             changes["keep_top_k"] = keep_top_k or None
         return replace(self, **changes)
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    def to_dict(self) -> dict[str, float | int | bool | None]:
         return {"conf_thresh": self.conf_thresh, "nms_thresh": self.nms_thresh, "top_k": self.top_k,
-                "keep_top_k": self.keep_top_k}  # fmt: skip
+                "keep_top_k": self.keep_top_k, "clip_boxes": self.clip_boxes,
+                "decode_clamp": self.decode_clamp}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict) -> DetectSettings:
-        keep = data.get("keep_top_k", cls.keep_top_k)
+        keep, clamp = data.get("keep_top_k", cls.keep_top_k), data.get("decode_clamp", cls.decode_clamp)
         return cls(float(data.get("conf_thresh", cls.conf_thresh)), float(data.get("nms_thresh", cls.nms_thresh)),
-                   int(data.get("top_k", cls.top_k)), None if keep is None else int(keep))  # fmt: skip
+                   int(data.get("top_k", cls.top_k)), None if keep is None else int(keep),
+                   bool(data.get("clip_boxes", cls.clip_boxes)), None if clamp is None else float(clamp))  # fmt: skip
 
 
 # ssd.pytorch's test settings: 200 candidates per class and no per-image cap.
@@ -174,6 +182,8 @@ class Detect:
         top_k: candidates per class and image that enter NMS.
         keep_top_k: detections kept per image after NMS, across classes; ``None`` keeps all.
         variances: decoding variances.
+        clip_boxes: clip the decoded boxes to the image (``[0, 1]``) before NMS, as torchvision's SSD does.
+        decode_clamp: clamp of the log-size offsets in decoding (torchvision: ``log(1000 / 16)``); None: no clamp.
     """
 
     def __init__(
@@ -184,21 +194,26 @@ class Detect:
         top_k: int = 400,
         keep_top_k: int | None = 200,
         variances: Variances = DEFAULT_VARIANCES,
+        clip_boxes: bool = False,
+        decode_clamp: float | None = None,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must count the background and at least one class, got {num_classes}")
         self.num_classes = num_classes
-        self.settings = DetectSettings(conf_thresh, nms_thresh, top_k, keep_top_k)  # validates them
+        self.settings = DetectSettings(conf_thresh, nms_thresh, top_k, keep_top_k, clip_boxes, decode_clamp)
         self.conf_thresh = conf_thresh
         self.nms_thresh = nms_thresh
         self.top_k = top_k
         self.keep_top_k = keep_top_k
         self.variances = variances
+        self.clip_boxes = clip_boxes
+        self.decode_clamp = decode_clamp
 
     @classmethod
     def from_settings(cls, num_classes: int, settings: DetectSettings) -> Detect:
         """The Detect of ``settings`` for a network with ``num_classes`` outputs per prior."""
-        return cls(num_classes, settings.conf_thresh, settings.nms_thresh, settings.top_k, settings.keep_top_k)
+        return cls(num_classes, settings.conf_thresh, settings.nms_thresh, settings.top_k, settings.keep_top_k,
+                   clip_boxes=settings.clip_boxes, decode_clamp=settings.decode_clamp)  # fmt: skip
 
     @torch.no_grad()
     def __call__(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> list[Detections]:
@@ -210,8 +225,8 @@ class Detect:
             priors (Tensor[P, 4]): cxcywh.
 
         Returns:
-            B dicts with ``boxes`` (Tensor[K, 4], xyxy, relative, not clipped), ``scores`` (Tensor[K],
-            descending) and ``labels`` (Tensor[K], int64 in 1..C-1).
+            B dicts with ``boxes`` (Tensor[K, 4], xyxy, relative, clipped only with ``clip_boxes``), ``scores``
+            (Tensor[K], descending) and ``labels`` (Tensor[K], int64 in 1..C-1).
         """
         batch_size, num_priors, num_classes = conf_preds.shape
         if num_classes != self.num_classes:
@@ -239,7 +254,11 @@ class Detect:
             image_idx, prior_idx, class_idx, cand_scores, group = (
                 t[top] for t in (image_idx, prior_idx, class_idx, cand_scores, group)
             )
-        cand_boxes = decode(loc_preds[image_idx, prior_idx].float(), priors[prior_idx].float(), self.variances)
+        cand_boxes = decode(
+            loc_preds[image_idx, prior_idx].float(), priors[prior_idx].float(), self.variances, self.decode_clamp
+        )
+        if self.clip_boxes:  # torchvision's SSD clips before NMS, so NMS sees the clipped boxes
+            cand_boxes = cand_boxes.clamp(min=0.0, max=1.0)
 
         kept = self._suppress(cand_boxes, group, image_idx, batch_size).sort().values  # score desc.
         kept = kept[torch.sort(image_idx[kept], stable=True).indices]  # grouped by image

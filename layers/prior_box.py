@@ -17,20 +17,28 @@ class PriorConfig:
     Source layer ``k`` has a ``feature_maps[k]``² grid with cell pitch ``steps[k]``; each cell holds a
     square prior of side ``min_sizes[k]``, one of side ``sqrt(min_sizes[k] * max_sizes[k])``, and two
     priors ``(min·√r, min/√r)`` and ``(min/√r, min·√r)`` per aspect ratio ``r``.
+
+    ``steps=None`` makes every grid span the image exactly (pitch ``image_size / feature_maps[k]``), as
+    torchvision's ``DefaultBoxGenerator`` does without steps (SSDLite's 3x3 map at 320 has no integer pitch).
+
+    ``clip`` clamps the priors to [0, 1] in cxcywh form: all four coordinates (ssd.pytorch, NVIDIA's SSD300), or
+    with ``clip_centres=False`` the widths and heights only (torchvision's ``DefaultBoxGenerator``). They differ
+    where a centre lies outside the image: at SSD300 the 10x10 map's last row and column, (9 + 0.5) / (300 / 32).
     """
 
     image_size: int
     feature_maps: tuple[int, ...]
-    steps: tuple[int, ...]
+    steps: tuple[int, ...] | None
     min_sizes: tuple[float, ...]
     max_sizes: tuple[float, ...]
     aspect_ratios: tuple[tuple[int, ...], ...]
     clip: bool = True
+    clip_centres: bool = True
 
     def __post_init__(self) -> None:
         lengths = {
             len(self.feature_maps),
-            len(self.steps),
+            len(self.steps if self.steps is not None else self.feature_maps),
             len(self.min_sizes),
             len(self.max_sizes),
             len(self.aspect_ratios),
@@ -38,9 +46,13 @@ class PriorConfig:
         if len(lengths) != 1:
             raise ValueError(
                 f"PriorConfig fields must have one entry per source layer, got lengths "
-                f"feature_maps={len(self.feature_maps)} steps={len(self.steps)} min_sizes={len(self.min_sizes)} "
+                f"feature_maps={len(self.feature_maps)} steps={len(self.steps or ())} min_sizes={len(self.min_sizes)} "
                 f"max_sizes={len(self.max_sizes)} aspect_ratios={len(self.aspect_ratios)}"
             )
+
+    def grid_pitch(self, k: int) -> float:
+        """``f_k`` of SSD §2.2: the grid of source layer ``k`` in cells per image side (centres at (j + 0.5) / f_k)."""
+        return self.feature_maps[k] if self.steps is None else self.image_size / self.steps[k]
 
     @property
     def boxes_per_location(self) -> tuple[int, ...]:
@@ -61,13 +73,13 @@ def prior_boxes(config: PriorConfig) -> Tensor:
     ``PriorBox`` and the ``permute(0, 2, 3, 1)`` of the heads.
 
     Returns:
-        Tensor[P, 4]: cxcywh in [0, 1], float32. With ``config.clip`` every coordinate is clamped to
-        [0, 1] in this cxcywh form (as ssd.pytorch does).
+        Tensor[P, 4]: cxcywh, float32. With ``config.clip`` every coordinate (or, without ``clip_centres``,
+        every width and height) is clamped to [0, 1] in this cxcywh form (as ssd.pytorch does).
     """
     per_layer: list[Tensor] = []
     for k, size in enumerate(config.feature_maps):
         # Cell centres at (j + 0.5) / f_k, where f_k = image_size / step is the grid pitch in cells.
-        f_k = config.image_size / config.steps[k]
+        f_k = config.grid_pitch(k)
         offsets = (torch.arange(size, dtype=torch.float64) + 0.5) / f_k
         cy, cx = torch.meshgrid(offsets, offsets, indexing="ij")  # [f, f] each
 
@@ -86,15 +98,22 @@ def prior_boxes(config: PriorConfig) -> Tensor:
         per_layer.append(boxes.reshape(-1, 4))
     priors = torch.cat(per_layer).float()  # [P, 4]
     if config.clip:
-        priors.clamp_(min=0.0, max=1.0)
+        clipped = priors if config.clip_centres else priors[:, 2:]
+        clipped.clamp_(min=0.0, max=1.0)
     return priors
 
 
 _ASPECT_300 = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+_ASPECT_SSDLITE = ((2, 3),) * 6
 _ASPECT_512 = ((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))
 
 # SSD300 sizes are ssd.pytorch's data/config.py; SSD512 sizes are Caffe SSD's ssd_pascal_512.py
 # (min_ratio 15, max_ratio 90) and ssd_coco_512.py (min_ratio 10), as in the paper's released models.
+# ("COCO", 300) is also NVIDIA's ResNet-50 SSD300 (dboxes300_coco). ("TORCHVISION", 300) is torchvision's
+# ssd300_vgg16: COCO's sizes (scales 0.07, 0.15, ..., 1.05 x 300 px) with the centres left unclipped (114 priors
+# of the 10x10 map lie at x or y = 1.0133). ("SSDLITE", 320) is torchvision's ssdlite320_mobilenet_v3_large: scales
+# 0.2 + 0.75 k / 5 (min_ratio 0.2, max_ratio 0.95) and 1.0 for the last s'_k, ratios 2 and 3 on all six maps,
+# grids spanning the image (tests/test_prior_box.py pins both against DefaultBoxGenerator).
 PRIOR_CONFIGS: dict[tuple[str, int], PriorConfig] = {
     ("VOC", 300): PriorConfig(
         image_size=300,
@@ -128,16 +147,32 @@ PRIOR_CONFIGS: dict[tuple[str, int], PriorConfig] = {
         max_sizes=(51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72),
         aspect_ratios=_ASPECT_512,
     ),
+    ("TORCHVISION", 300): PriorConfig(
+        image_size=300,
+        feature_maps=(38, 19, 10, 5, 3, 1),
+        steps=(8, 16, 32, 64, 100, 300),
+        min_sizes=(21, 45, 99, 153, 207, 261),
+        max_sizes=(45, 99, 153, 207, 261, 315),
+        aspect_ratios=_ASPECT_300,
+        clip_centres=False,
+    ),
+    ("SSDLITE", 320): PriorConfig(
+        image_size=320,
+        feature_maps=(20, 10, 5, 3, 2, 1),
+        steps=None,
+        min_sizes=(64, 112, 160, 208, 256, 304),
+        max_sizes=(112, 160, 208, 256, 304, 320),
+        aspect_ratios=_ASPECT_SSDLITE,
+        clip_centres=False,
+    ),
 }
 PRIOR_FAMILIES = tuple(sorted({family for family, _ in PRIOR_CONFIGS}))
 
 
 def prior_config(family: str, size: int) -> PriorConfig:
-    """The prior layout of ``family`` ("VOC" or "COCO") for an SSD of input ``size`` (300 or 512)."""
+    """The prior layout of ``family`` (one of :data:`PRIOR_FAMILIES`) for an SSD of input ``size``."""
     key = (family.upper(), size)
     if key not in PRIOR_CONFIGS:
-        raise ValueError(
-            f"no prior preset for family {family!r} at size {size}; choose a family from {PRIOR_FAMILIES} "
-            f"and a size from (300, 512)"
-        )
+        presets = ", ".join(f"{f} at {s}" for f, s in sorted(PRIOR_CONFIGS))
+        raise ValueError(f"no prior preset for family {family!r} at size {size}; the presets are {presets}")
     return PRIOR_CONFIGS[key]

@@ -101,3 +101,39 @@ def save_detector(model, path, class_names) -> None:  # noqa: ANN001
     from utils.checkpoint import DetectorInfo, save_checkpoint
 
     save_checkpoint(path, model, DetectorInfo(model.config, tuple(class_names)))
+
+
+def write_scenes(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
+    """Real-looking PNG images (shapes on gradient, noisy, cluttered backgrounds; data.shapes) of (width, height)
+    each; PNG, so that every decoder gives the same pixels."""
+    from data.shapes import draw_sample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (width, height) in enumerate(sizes):
+        image = draw_sample(np.random.default_rng(seed + k), max(width, height))[0][:height, :width]
+        paths.append(folder / f"scene{k}_{width}x{height}.png")
+        assert cv2.imwrite(str(paths[-1]), np.ascontiguousarray(image))
+    return paths
+
+
+def calibrate_batch_norm(model, run) -> None:  # noqa: ANN001
+    """Set every BatchNorm's running statistics to those of the batch ``run()`` feeds ``model``, then eval mode.
+
+    Freshly initialised BatchNorm layers (running mean 0, variance 1) let activations shrink layer by layer in
+    eval mode (torchvision's SSDLite init ends in denormal numbers, flat scores and slow arithmetic); with the
+    statistics of real images they stay in range and the scores spread, as a trained model's do.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    model.train()
+    with torch.no_grad():
+        run()
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()

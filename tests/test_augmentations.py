@@ -17,6 +17,7 @@ from utils.augmentations import (
     PAPER_CROP_MODES,
     SSD_PYTORCH_CROP_MODES,
     BaseTransform,
+    Preprocess,
     SSDAugmentation,
     iou_numpy,
 )
@@ -275,3 +276,25 @@ def test_rejects_bad_shapes() -> None:
         BaseTransform()(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="boxes"):
         SSDAugmentation()(np.zeros((10, 10, 3), np.uint8), np.zeros((2, 4)), np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "size"), [((0.48235, 0.45882, 0.40784), (1 / 255,) * 3, 300), ((0.5,) * 3, (0.5,) * 3, 320)]
+)  # ssd300_vgg16's and ssdlite320_mobilenet_v3_large's normalisations
+def test_torchvision_resize_is_generalized_rcnn_transform_bit_for_bit(mean: tuple, std: tuple, size: int) -> None:
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    image = np.random.default_rng(5).integers(0, 256, (375, 500, 3), dtype=np.uint8)  # BGR, as cv2 decodes
+    theirs = GeneralizedRCNNTransform(size, size, list(mean), list(std), size_divisible=1, fixed_size=(size, size))
+    rgb = torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).contiguous()
+    expected = theirs.eval()([rgb.float() / 255.0])[0].tensors[0]  # convert_image_dtype: uint8 -> / 255
+    preprocess = Preprocess(
+        tuple(m * 255 for m in reversed(mean)), tuple(s * 255 for s in reversed(std)), "torchvision"
+    )
+    out, boxes, _ = preprocess.transform(size)(image, np.array([[50.0, 75.0, 500.0, 375.0]]), np.array([1]))
+    assert torch.equal(torch.from_numpy(out), expected)
+    np.testing.assert_allclose(boxes, [[0.1, 0.2, 1.0, 1.0]], rtol=1e-6)
+    assert Preprocess.from_dict(preprocess.to_dict()) == preprocess
+    assert Preprocess.from_dict({"mean": [104, 117, 123], "std": None}).resize == "opencv"  # older checkpoints
+    with pytest.raises(ValueError, match="resize must be one of"):
+        Preprocess(resize="pillow")

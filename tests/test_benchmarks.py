@@ -33,6 +33,9 @@ def run_benchmark(module: str, args: list[str], cwd: Path) -> subprocess.Complet
         ("bench_augmentation", ["--number", "5"]),
         ("bench_loader", ["--images", "8", "--batch", "4", "--workers", "0", "1"]),
         ("bench_deploy", ["--width", "0.125", "--calib_images", "2"]),
+        # SSDLite320 against torchvision's, with the same weights (21 classes: quicker)
+        ("bench_forward", ["--backbone", "mobilenet_v3_large", "--classes", "21", "--no_compile", "--no_onnx"]),
+        ("bench_end_to_end", ["--backbone", "mobilenet_v3_large", "--classes", "21"]),
     ],
 )
 def test_benchmark_runs_and_reports(module: str, args: list[str], tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """box_utils: conversions, IoU, encode/decode and the batched match against a per-image loop."""
 
+import math
+
 import pytest
 import torch
 from torchvision.ops import box_iou
@@ -116,3 +118,19 @@ def test_match_empty_batch(priors: torch.Tensor) -> None:
     loc_t, conf_t = match(*pad_targets([torch.zeros(0, 5), torch.zeros(0, 5)]), priors)
     assert loc_t.shape == (2, priors.shape[0], 4) and conf_t.shape == (2, priors.shape[0])
     assert (conf_t == 0).all() and torch.isfinite(loc_t).all()
+
+
+def test_decode_clamp_is_torchvisions_box_coder() -> None:
+    # torchvision's BoxCoder(weights=(10, 10, 5, 5)) clamps dw / 5 and dh / 5 at log(1000 / 16) before exp; with the
+    # variances (0.1, 0.2) that is the same clamp on loc * 0.2. Both decode in float32.
+    from torchvision.models.detection._utils import BoxCoder
+
+    generator = torch.Generator().manual_seed(0)
+    priors = torch.rand(64, 4, generator=generator) * 0.5 + 0.25  # cxcywh
+    loc = torch.randn(64, 4, generator=generator) * 20  # many offsets beyond the clamp (|0.2 * dw| > 4.14)
+    clamp = math.log(1000 / 16)
+    ours = decode(loc, priors, clamp=clamp)
+    theirs = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(loc, cxcywh_to_xyxy(priors))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert (ours[:, 2:] - ours[:, :2] <= priors[:, 2:] * 1000 / 16 * (1 + 1e-6)).all()
+    assert not torch.allclose(decode(loc, priors), ours)  # without the clamp the large offsets grow further

@@ -432,3 +432,47 @@ def test_near_threshold_pairs_lists_same_label_pairs_within_the_margin() -> None
         (1, (0.0, 0.0, 0.450009, 1.0), (0.0, 0.0, 1.0, 1.0)),
         (2, (0.0, 0.0, 0.4500001, 1.0), (0.0, 0.0, 1.0, 1.0)),
     ]
+
+
+def test_clip_and_clamp_are_torchvisions_postprocessing(priors: torch.Tensor) -> None:
+    # torchvision's SSD.postprocess_detections for one image, in relative coordinates: BoxCoder's decode with the
+    # log(1000/16) clamp, boxes clipped to the image, then per class score > thresh, top-k, and NMS over classes.
+    import math
+
+    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.ops import batched_nms
+
+    from layers.box_utils import cxcywh_to_xyxy
+    from layers.detection import DetectSettings
+
+    loc, conf = predictions(1, priors.shape[0], 6, seed=5)
+    loc[0, :50, 2:] = 30.0  # boxes the clamp limits, and the clip then cuts at the image's edges
+    conf[0, :50, 1] += 8.0
+    settings = DetectSettings(0.01, 0.45, 400, 200, clip_boxes=True, decode_clamp=math.log(1000 / 16))
+    found = Detect.from_settings(6, settings)(loc, conf, priors)[0]
+    boxes = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(loc[0], cxcywh_to_xyxy(priors)).clamp(0, 1)
+    scores = conf[0].softmax(-1)
+    candidates = []
+    for label in range(1, 6):
+        passing = (scores[:, label] > 0.01).nonzero().squeeze(1)
+        top = scores[passing, label].topk(min(400, len(passing))).indices
+        candidates += [(int(p), label) for p in passing[top]]
+    index = torch.tensor([p for p, _ in candidates])
+    labels = torch.tensor([c for _, c in candidates])
+    keep = batched_nms(boxes[index], scores[index, labels], labels, 0.45)[:200]
+    assert found["labels"].tolist() == labels[keep].tolist()
+    torch.testing.assert_close(found["boxes"], boxes[index[keep]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(found["scores"], scores[index[keep], labels[keep]])
+    assert found["boxes"].max() == 1.0 and found["boxes"].min() >= 0.0
+    unclipped = Detect(6)(loc, conf, priors)[0]
+    assert unclipped["boxes"].max() > 1.0  # the Caffe/ssd.pytorch default does neither
+
+
+def test_settings_round_trip_with_torchvisions_fields() -> None:
+    from layers.detection import DetectSettings
+
+    settings = DetectSettings(0.001, 0.55, 300, 300, clip_boxes=True, decode_clamp=4.135)
+    assert DetectSettings.from_dict(settings.to_dict()) == settings
+    old = {"conf_thresh": 0.01, "nms_thresh": 0.45, "top_k": 400, "keep_top_k": 200}  # a checkpoint from before
+    assert DetectSettings.from_dict(old) == DetectSettings()
+    assert settings.override(conf_thresh=0.2).clip_boxes  # flags override single fields, the rest stays

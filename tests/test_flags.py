@@ -65,10 +65,11 @@ def test_detect_flags_override_only_what_is_given() -> None:
 
 def test_choices_come_from_the_registries() -> None:
     from layers.prior_box import PRIOR_FAMILIES
-    from ssd import EXTRAS
+    from ssd import BACKBONES, SIZES
 
     options = actions(PARSERS["train"])
     assert tuple(options["--priors"].choices) == PRIOR_FAMILIES
-    assert list(options["--size"].choices) == sorted(EXTRAS)
+    assert list(options["--size"].choices) == list(SIZES) == [300, 320, 512]  # every backbone's sizes
+    assert list(options["--backbone"].choices) == sorted(BACKBONES)
     with pytest.raises(SystemExit):
         train.get_args_parser().parse_args(["--dataset", "KITTI"])

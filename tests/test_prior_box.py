@@ -1,10 +1,11 @@
-"""Priors: counts and rows fixed by the paper/ssd.pytorch, and agreement with a plain loop."""
+"""Priors: counts and rows fixed by the paper/ssd.pytorch and torchvision, and agreement with a plain loop."""
 
 import itertools
 import math
 
 import pytest
 import torch
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
 from layers.prior_box import PRIOR_CONFIGS, PriorConfig, prior_boxes, prior_config
 
@@ -14,7 +15,7 @@ def loop_priors(cfg: PriorConfig) -> torch.Tensor:
     rows = []
     for k, f in enumerate(cfg.feature_maps):
         for i, j in itertools.product(range(f), repeat=2):
-            f_k = cfg.image_size / cfg.steps[k]
+            f_k = f if cfg.steps is None else cfg.image_size / cfg.steps[k]
             cx, cy = (j + 0.5) / f_k, (i + 0.5) / f_k
             s_k = cfg.min_sizes[k] / cfg.image_size
             rows.append([cx, cy, s_k, s_k])
@@ -24,12 +25,16 @@ def loop_priors(cfg: PriorConfig) -> torch.Tensor:
                 rows.append([cx, cy, s_k * math.sqrt(ar), s_k / math.sqrt(ar)])
                 rows.append([cx, cy, s_k / math.sqrt(ar), s_k * math.sqrt(ar)])
     out = torch.tensor(rows, dtype=torch.float32)
+    if cfg.clip and not cfg.clip_centres:
+        return torch.cat((out[:, :2], out[:, 2:].clamp(0, 1)), dim=1)
     return out.clamp(0, 1) if cfg.clip else out
 
 
 @pytest.mark.parametrize(
-    ("family", "size", "count"), [("VOC", 300, 8732), ("COCO", 300, 8732), ("VOC", 512, 24564), ("COCO", 512, 24564)]
-)
+    ("family", "size", "count"),
+    [("VOC", 300, 8732), ("COCO", 300, 8732), ("VOC", 512, 24564), ("COCO", 512, 24564), ("TORCHVISION", 300, 8732),
+     ("SSDLITE", 320, 3234)],
+)  # fmt: skip
 def test_prior_counts(family: str, size: int, count: int) -> None:
     cfg = prior_config(family, size)
     assert cfg.num_priors == count
@@ -84,8 +89,54 @@ def test_coco_and_512_first_rows() -> None:
 def test_priors_lie_in_unit_square() -> None:
     for cfg in PRIOR_CONFIGS.values():
         priors = prior_boxes(cfg)
-        assert priors.min() >= 0 and priors.max() <= 1
+        clipped = priors if cfg.clip_centres else priors[:, 2:]  # torchvision's presets clip sizes only
+        assert clipped.min() >= 0 and clipped.max() <= 1
         assert (priors[:, 2:] > 0).all()
+
+
+# The default-box generators of torchvision's builders, as ssd300_vgg16 and ssdlite320_mobilenet_v3_large make them.
+TORCHVISION_GENERATORS = {
+    ("TORCHVISION", 300): lambda: DefaultBoxGenerator(
+        [[2], [2, 3], [2, 3], [2, 3], [2], [2]], scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        steps=[8, 16, 32, 64, 100, 300],
+    ),
+    ("SSDLITE", 320): lambda: DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", sorted(TORCHVISION_GENERATORS))
+def test_torchvision_presets_are_its_default_boxes(key: tuple[str, int]) -> None:
+    cfg = PRIOR_CONFIGS[key]
+    grids = [[f, f] for f in cfg.feature_maps]
+    theirs = TORCHVISION_GENERATORS[key]()._grid_default_boxes(grids, [cfg.image_size] * 2, torch.float32)
+    assert torch.equal(prior_boxes(cfg), theirs)  # bit for bit: a converted model decodes against the same priors
+
+
+def test_the_builders_use_these_generators() -> None:
+    from torchvision.models.detection import ssd300_vgg16, ssdlite320_mobilenet_v3_large
+
+    for key, build in ((("TORCHVISION", 300), ssd300_vgg16), (("SSDLITE", 320), ssdlite320_mobilenet_v3_large)):
+        with torch.device("meta"):  # the layout only: no weights are made
+            model = build(weights=None, weights_backbone=None)
+        ours = TORCHVISION_GENERATORS[key]()
+        assert repr(model.anchor_generator) == repr(ours)
+
+
+def test_first_and_last_priors_of_the_torchvision_presets() -> None:
+    lite = prior_boxes(prior_config("SSDLITE", 320))
+    # 20x20 map: first centre 0.5 / 20, scale 0.2 (= min_ratio); last: the 1x1 map's ratio 1/3 box at scale 0.95,
+    # its height 0.95 * sqrt(3) clipped to 1.
+    torch.testing.assert_close(lite[0], torch.tensor([0.025, 0.025, 0.2, 0.2]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(lite[-1], torch.tensor([0.5, 0.5, 0.95 / math.sqrt(3), 1.0]), atol=1e-7, rtol=0)
+    tv = prior_boxes(prior_config("TORCHVISION", 300))
+    torch.testing.assert_close(tv[0], torch.tensor([0.5 / 37.5, 0.5 / 37.5, 0.07, 0.07]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(tv[-1], torch.tensor([0.5, 0.5, 0.87 / math.sqrt(2), 1.0]), atol=1e-7, rtol=0)
+    # Where torchvision and ssd.pytorch differ: the 10x10 map's last column, centre (9 + 0.5) / (300 / 32) > 1,
+    # clipped to 1 by ssd.pytorch (COCO preset) and kept by torchvision.
+    coco = prior_boxes(prior_config("COCO", 300))
+    last_column = 38 * 38 * 4 + 19 * 19 * 6 + 9 * 6  # first prior of the 10x10 map's cell (row 0, column 9)
+    assert tv[last_column, 0].item() == pytest.approx(9.5 / 9.375) and coco[last_column, 0].item() == 1.0
+    assert (tv != coco).any(dim=1).sum() == 114  # 19 cells on the last row or column, 6 boxes each
 
 
 def test_prior_config_rejects_ragged_fields() -> None:

@@ -180,3 +180,104 @@ def test_inference_model_leaves_the_callers_model_as_it_was(narrow: SSD) -> None
     assert model.training
     assert all(p.is_contiguous() for p in model.parameters())  # still NCHW, not channels_last
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("backbone", "reduced_tail", "num_keys", "num_params", "sources"),
+    [
+        # 3,440,060 and 35,641,826 are the parameter counts torchvision publishes for its COCO ssdlite320_mobilenet_v3_large
+        # and ssd300_vgg16 (91 classes).
+        ("mobilenet_v3_large", True, 476, 3_440_060, [(672, 20), (480, 10), (512, 5), (256, 3), (256, 2), (128, 1)]),
+        ("mobilenet_v3_large", False, 476, 5_198_540, [(672, 20), (960, 10), (512, 5), (256, 3), (256, 2), (128, 1)]),
+        ("resnet50", False, 342, 24_139_362, [(1024, 38), (512, 19), (512, 10), (256, 5), (256, 3), (256, 1)]),
+        ("vgg16", False, 71, 35_641_826, [(512, 38), (1024, 19), (512, 10), (256, 5), (256, 3), (256, 1)]),
+    ],
+)  # fmt: skip
+def test_backbone_layouts(backbone: str, reduced_tail: bool, num_keys: int, num_params: int, sources: list) -> None:
+    with torch.device("meta"):  # shapes only: nothing is allocated or computed
+        model = build_ssd(num_classes=91, priors="COCO" if backbone != "mobilenet_v3_large" else None,
+                          backbone=backbone, reduced_tail=reduced_tail).eval()  # fmt: skip
+        size = model.config.size
+        features = model.sources(torch.empty(1, 3, size, size))
+        loc, conf = model(torch.empty(2, 3, size, size))
+    state = model.state_dict()
+    assert len(state) == num_keys and sum(p.numel() for p in model.parameters()) == num_params
+    assert [(f.shape[1], f.shape[2]) for f in features] == sources
+    assert loc.shape == (2, model.config.priors.num_priors, 4) and conf.shape == (2, model.config.priors.num_priors, 91)
+    top_level = {key.split(".")[0] for key in state}
+    assert top_level == (
+        {"vgg", "L2Norm", "extras", "loc", "conf"} if backbone == "vgg16" else {"base", "extras", "loc", "conf"}
+    )
+
+
+def test_ssdlite_layout_is_torchvisions() -> None:
+    # Module for module torchvision's, under this project's prefixes: BatchNorm (eps 0.001), ReLU6, depthwise heads.
+    with torch.device("meta"):
+        model = build_ssd(backbone="mobilenet_v3_large", num_classes=5, reduced_tail=True)
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert model.config.size == 320 and model.priors.shape == (3234, 4)
+    assert state["loc.0.0.0.weight"] == (672, 1, 3, 3) and state["loc.0.1.weight"] == (24, 672, 1, 1)
+    assert state["conf.5.1.weight"] == (6 * 5, 128, 1, 1)
+    assert state["extras.0.1.0.weight"] == (256, 1, 3, 3)  # 1x1 to 256, 3x3 depthwise stride 2, 1x1 to 512
+    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batch_norms and all(m.eps == 0.001 and m.momentum == 0.03 for m in batch_norms)
+    assert isinstance(model.loc[0][0][2], torch.nn.ReLU6)
+
+
+def test_resnet50_keeps_layer3_at_stride_one() -> None:
+    # NVIDIA's SSD300: layer3's first block does not halve the 38x38 map (conv2 and the shortcut at stride 1).
+    with torch.device("meta"):
+        model = build_ssd(backbone="resnet50", num_classes=3)
+    block = model.base[0].layer3[0]
+    assert block.conv2.stride == (1, 1) and block.downsample[0].stride == (1, 1)
+    assert not hasattr(model.base[0], "layer4") and model.config.priors == prior_config("VOC", 300)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "mobilenet_v3_large", "size": 300}, "one of \\[320\\] for the mobilenet_v3_large backbone"),
+        ({"backbone": "resnet50", "width": 0.5}, "ResNet-50 at width 1.0 only"),
+        ({"backbone": "resnet50", "batch_norm": True}, "has BatchNorm throughout; batch_norm is a vgg16 option"),
+        ({"backbone": "vgg16", "reduced_tail": True}, "reduced_tail is a mobilenet_v3_large option"),
+        ({"backbone": "resnet101"}, "unknown backbone 'resnet101'; choose one of"),
+    ],
+)  # fmt: skip
+def test_backbone_misconfigurations_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message), torch.device("meta"):
+        build_ssd(num_classes=3, **kwargs)
+
+
+def test_old_configs_are_vgg16() -> None:
+    from ssd import model_config_from_dict, model_config_to_dict
+
+    data = model_config_to_dict(build_ssd(300, 4, width=0.125).config)
+    for new_field in ("backbone", "reduced_tail"):
+        del data[new_field]
+    del data["priors"]["clip_centres"]
+    config = model_config_from_dict(data)
+    assert config.backbone == "vgg16" and not config.reduced_tail and config.priors == prior_config("VOC", 300)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "resnet50"])
+def test_other_backbones_train(backbone: str) -> None:
+    # A few steps on one tiny batch: gradients everywhere, the loss comes down.
+    torch.manual_seed(0)
+    lite = backbone == "mobilenet_v3_large"
+    model = build_ssd(num_classes=3, backbone=backbone, width=0.25 if lite else 1.0, reduced_tail=lite).train()
+    size = model.config.size
+    criterion = MultiBoxLoss(3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    images = torch.randn(2, 3, size, size)  # two: BatchNorm in training needs more than one value on 1x1 maps
+    targets = [torch.tensor([[0.1, 0.1, 0.5, 0.6, 0.0]]), torch.tensor([[0.4, 0.3, 0.9, 0.8, 1.0]])]
+    losses = []
+    for _ in range(4 if lite else 2):  # a ResNet-50 SSD300 step costs seconds on a CPU
+        loc, conf = model(images)
+        loss_l, loss_c = criterion(loc, conf, model.priors, targets)
+        optimizer.zero_grad()
+        (loss_l + loss_c).backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        optimizer.step()
+        losses.append((loss_l + loss_c).item())
+    assert losses[-1] < losses[0]

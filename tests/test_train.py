@@ -284,3 +284,62 @@ def test_amp_on_a_cpu_trains_in_bfloat16(shapes: Path, tmp_path: Path, monkeypat
     assert seen and set(seen) == {torch.bfloat16}  # autocast was on, without a GradScaler (bfloat16)
     assert torch.isfinite(torch.tensor(losses(tmp_path / "runs" / "exp1"))).all()
     assert read_checkpoint(tmp_path / "runs" / "exp1" / "last.pth")["epoch"] == 2
+
+
+def test_ssdlite_trains_resumes_and_runs_in_eval_and_inference(shapes: Path, tmp_path: Path) -> None:
+    # The SSDLite320 design at 1/4 width from scratch (reduced tail), in NCHW: MobileNetV3's first channels_last
+    # training steps pay seconds of oneDNN set-up, which a short test does not need to measure.
+    lite = ("--backbone", "mobilenet_v3_large", "--width", "0.25", "--no_channels_last", "--end_epoch", "2")
+    argv = [a if a != "0.125" else "0.25" for a in args_for(shapes, tmp_path / "a", *lite)]
+    assert run_main(argv) == 0
+    assert (
+        run_main([*[a if a != str(tmp_path / "a") else str(tmp_path / "b") for a in argv], "--epochs_per_run", "1"])
+        == 0
+    )
+    assert run_main(["--resume", "auto", "--project", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    assert_same_weights(tmp_path / "a" / "exp1" / "last.pth", tmp_path / "b" / "exp1" / "last.pth")
+    model, info = load_detector(tmp_path / "a" / "exp1" / "last.pth")  # the checkpoint alone rebuilds it
+    assert info.config.backbone == "mobilenet_v3_large" and info.config.size == 320 and info.config.reduced_tail
+    assert info.config.priors.num_priors == 3234 and info.preprocess.mean[0] == pytest.approx(0.406 * 255)
+    assert (info.postprocess.conf_thresh, info.postprocess.nms_thresh, info.postprocess.keep_top_k) == (
+        0.001,
+        0.55,
+        300,
+    )
+    args = json.loads((tmp_path / "a" / "exp1" / "args.json").read_text())
+    assert (args["size"], args["basenet"], args["pixel_norm"]) == (320, "none", "torchvision")
+    weights = str(tmp_path / "a" / "exp1" / "last.pth")
+    import eval as eval_script
+    import inference
+
+    common = ["--weights", weights, "--dataset", "Shapes", "--dataset_root", str(shapes), "--device", "cpu"]
+    assert eval_script.main(parse_args(eval_script.get_args_parser(), [*common, "--num_workers", "0",
+                                                                       "--project", str(tmp_path / "eval")])) == 0  # fmt: skip
+    assert (
+        inference.main(parse_args(inference.get_args_parser(), [*common, "--project", str(tmp_path / "detect")])) == 0
+    )
+    assert len(list((tmp_path / "detect" / "exp1").glob("*.jpg"))) == 4
+
+
+def test_ssdlite_trains_with_amp(shapes: Path, tmp_path: Path) -> None:
+    lite = ("--backbone", "mobilenet_v3_large", "--no_channels_last", "--end_epoch", "1", "--amp")
+    assert run_main(args_for(shapes, tmp_path / "runs", *lite)) == 0
+    assert torch.isfinite(torch.tensor(losses(tmp_path / "runs" / "exp1"))).all()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--backbone", "resnet50"), "base network weights/resnet50-0676ba61.pth does not exist: put torchvision's "
+                                     "ImageNet ResNet-50 weights there"),
+        (("--backbone", "mobilenet_v3_large", "--basenet", "none", "--batch_norm"),
+         "the mobilenet_v3_large design has BatchNorm throughout; batch_norm is a vgg16 option"),
+        (("--backbone", "mobilenet_v3_large", "--basenet", "none", "--size", "300"),
+         "must be one of \\[320\\] for the mobilenet_v3_large backbone"),
+    ],
+)  # fmt: skip
+def test_backbone_flags_that_cannot_work_are_refused(shapes: Path, tmp_path: Path, extra: tuple, message: str) -> None:
+    argv = [a for a in args_for(shapes, tmp_path / "runs") if a not in ("--basenet", "none", "--width", "0.125")]
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run_main([*argv, *extra])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

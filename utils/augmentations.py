@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # ssd.pytorch / Caffe VGG-16 (vgg16_reducedfc.pth)
 # torchvision's ImageNet normalisation expressed on 0-255 pixels, BGR order (for utils/convert_vgg.py weights).
@@ -110,29 +112,83 @@ class BaseTransform:
         return _to_output(image, self.mean, self.inv_std, self.size), relative, labels
 
 
+class TorchvisionTransform:
+    """Test-time preprocessing exactly as torchvision's detection models do it (``GeneralizedRCNNTransform`` with a
+    fixed size): the RGB image as float in [0, 1] (``convert_image_dtype``: uint8 / 255), normalised by ``mean``
+    and ``std``, then resized to ``size`` x ``size`` by bilinear ``F.interpolate`` (no antialiasing, half-pixel
+    centres), in that order, in float32. Checkpoints converted from torchvision use it, so that they give
+    torchvision's detections (``utils.convert_torchvision``).
+
+    Args:
+        size: output side.
+        mean, std: BGR, 0-255 units, as in :class:`Preprocess` (``std`` None: 1).
+    """
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...] | None = None) -> None:
+        self.size = size
+        # torchvision's units: RGB in [0, 1]. mean / 255 gives back torchvision's float exactly for its constants
+        # (0.48235 * 255 / 255 == 0.48235 in float64), and float32 rounds both alike.
+        self.mean = torch.tensor([v / 255.0 for v in reversed(mean)], dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor([v / 255.0 for v in reversed(std or (1.0, 1.0, 1.0))], dtype=torch.float32)
+        self.std = self.std.view(3, 1, 1)
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Deterministic; ``rng`` is accepted (and ignored) so every transform has one call form."""
+        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32)
+        labels = np.zeros((0,), np.int64) if labels is None else np.asarray(labels, np.int64)
+        _check_inputs(image, boxes, labels)
+        height, width = image.shape[:2]
+        relative = boxes / np.array([width, height, width, height], dtype=np.float32)
+        # A contiguous [3, H, W] tensor, as torchvision's decoders give: the interpolation then runs the same kernel.
+        rgb = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[::-1]))  # [3, H, W] uint8
+        with torch.inference_mode():
+            x = (rgb.float() / 255.0 - self.mean) / self.std  # [3, H, W]
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+        return x.numpy(), relative, labels
+
+
+# How Preprocess resizes: "opencv" (BaseTransform: cv2 INTER_LINEAR on the uint8 image, then normalise; as training
+# does) or "torchvision" (TorchvisionTransform: normalise, then F.interpolate; checkpoints converted from torchvision).
+RESIZES = ("opencv", "torchvision")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """The pixel normalisation a network was trained with: ``(pixel - mean) / std`` on 0-255 BGR values, in
-    the BGR order of the image file (see the module docstring). ``std`` None divides by nothing.
+    the BGR order of the image file (see the module docstring). ``std`` None divides by nothing. ``resize``
+    (one of :data:`RESIZES`) says how test images are brought to the network's size.
 
-    A checkpoint stores it (``utils.checkpoint.DetectorInfo``); :data:`PIXEL_NORMS` names the two in use.
+    A checkpoint stores it (``utils.checkpoint.DetectorInfo``); :data:`PIXEL_NORMS` names the ones train.py uses.
     """
 
     mean: tuple[float, float, float] = CAFFE_MEAN_BGR
     std: tuple[float, float, float] | None = None
+    resize: str = "opencv"
 
-    def transform(self, size: int) -> BaseTransform:
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {self.resize!r}")
+
+    def transform(self, size: int) -> BaseTransform | TorchvisionTransform:
         """The test-time transform to ``size`` x ``size`` with this normalisation."""
+        if self.resize == "torchvision":
+            return TorchvisionTransform(size, self.mean, self.std)
         return BaseTransform(size, self.mean, self.std)
 
-    def to_dict(self) -> dict[str, list[float] | None]:
-        return {"mean": list(self.mean), "std": None if self.std is None else list(self.std)}
+    def to_dict(self) -> dict[str, list[float] | str | None]:
+        return {"mean": list(self.mean), "std": None if self.std is None else list(self.std), "resize": self.resize}
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocess:
         mean, std = data.get("mean"), data.get("std")
         return cls(CAFFE_MEAN_BGR if not mean else tuple(float(v) for v in mean),
-                   None if not std else tuple(float(v) for v in std))  # fmt: skip
+                   None if not std else tuple(float(v) for v in std), str(data.get("resize", "opencv")))  # fmt: skip
 
 
 # --pixel_norm: caffe for ssd.pytorch's vgg16_reducedfc.pth, torchvision for bases converted from torchvision.

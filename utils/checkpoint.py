@@ -1,4 +1,4 @@
-"""The checkpoint format: the one place that writes and reads detector checkpoints and the VGG base.
+"""The checkpoint format: the one place that writes and reads detector checkpoints and the ImageNet base networks.
 
 A checkpoint of this project is a dict of tensors and plain containers::
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -186,6 +187,11 @@ def _check_compatible(model: nn.Module, state: StateDict, source: str | Path, wh
 
 
 def _load_state(model: nn.Module, state: StateDict, path: str | Path, skip_conf: bool) -> None:
+    if all(key.startswith(("backbone.", "head.")) for key in state):
+        raise ValueError(
+            f"{path} is a torchvision SSD state_dict; convert it first: python -m utils.convert_torchvision "
+            f"--input {path} --output <checkpoint>"
+        )
     if skip_conf:
         state = {k: v for k, v in state.items() if not k.startswith("conf.")}
         own_conf = {k: v for k, v in model.state_dict().items() if k.startswith("conf.")}
@@ -320,24 +326,109 @@ def load_detector(
     return model.to(device).eval(), info
 
 
+def class_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> np.ndarray | None:
+    """How a detector's classes map to a dataset's, by name.
+
+    Returns:
+        None when the two lists are equal (labels are the dataset's); else int64 [C - 1], the dataset label of each
+        of the detector's classes, -1 for classes the dataset lacks: a torchvision COCO model, whose 90 classes are
+        COCO's category ids, scored on COCO's 80 classes.
+
+    Raises:
+        ValueError: a dataset class has no detector class of its name.
+    """
+    if tuple(model_names) == tuple(dataset_names):
+        return None
+    missing = [name for name in dataset_names if name not in model_names]
+    if missing:
+        raise ValueError(
+            f"the model's {len(model_names)} classes do not include the dataset's {missing[:3]}"
+            + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+        )
+    label_of = {name: label for label, name in enumerate(dataset_names)}
+    return np.array([label_of.get(name, -1) for name in model_names], dtype=np.int64)
+
+
 def require_classes(info: DetectorInfo, class_names: Sequence[str], path: str | Path) -> None:
-    """Refuse a detector whose class count differs from a dataset's (evaluation needs them equal)."""
-    if info.num_classes != len(class_names) + 1:
+    """Refuse a detector that does not detect every class of a dataset (by name; evaluation maps its classes to the
+    dataset's with :func:`class_mapping`)."""
+    try:
+        class_mapping(info.class_names, class_names)
+    except ValueError:
         raise ValueError(
             f"{path} was trained for {info.num_classes - 1} classes but the dataset has {len(class_names)}; "
             "pick the matching --dataset or --classes"
-        )
+        ) from None
 
 
-def load_base_weights(model: nn.Module, path: str | Path) -> None:
-    """Load ImageNet VGG-16 weights in reduced-fc form (``0.weight`` ... ``33.bias``) into ``model.vgg``.
+# What an ImageNet base-network file is, told by a key only it has, and the --backbone it initialises.
+_BASE_FILE_KINDS = (
+    ("31.weight", "VGG-16 in reduced-fc form", "vgg16"),
+    ("layer1.0.conv1.weight", "torchvision's ResNet-50", "resnet50"),
+    ("features.16.0.weight", "torchvision's MobileNetV3-Large", "mobilenet_v3_large"),
+)
 
-    Takes ssd.pytorch's ``vgg16_reducedfc.pth`` (converted Caffe weights: 0-255 pixels minus the mean
-    (104, 117, 123), the preprocessing of ``BaseTransform``) or the output of ``utils/convert_vgg.py``
-    (torchvision weights: RGB scaled to [0, 1], then normalised by ImageNet's mean and std).
+
+def _base_file_kind(state: StateDict) -> tuple[str, str] | None:
+    """(what the file is, the backbone it belongs to) for an ImageNet base file, else None."""
+    bare = {k[len("vgg.") :] if k.startswith("vgg.") else k for k in state}
+    return next(((kind, backbone) for key, kind, backbone in _BASE_FILE_KINDS if key in bare), None)
+
+
+def _mobilenet_base_state(model: SSD, state: StateDict) -> StateDict:
+    """torchvision's ImageNet ``mobilenet_v3_large`` keys (``features.{i}.*``) in ``model.base``'s cut: stage 0 is
+    ``features[:c5]`` plus C5's expansion layer (``features.{c5}.block.0``), stage 1 the rest of C5's block and the
+    layers after it (see :class:`ssd.MobileNetV3Large`). The classifier is dropped."""
+    c5 = len(model.base[0]) - 1
+    out: StateDict = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "features":
+            continue  # classifier.*: ImageNet's head
+        index, rest = int(parts[1]), parts[2:]
+        if index < c5:
+            out[".".join(["0", str(index), *rest])] = value
+        elif index == c5 and rest[:2] == ["block", "0"]:
+            out[".".join(["0", str(c5), *rest[2:]])] = value
+        elif index == c5:  # block.{j}: the rest of C5's block keeps its indices inside stage 1's first module
+            out[".".join(["1", "0", *rest[1:]])] = value
+        else:
+            out[".".join(["1", str(index - c5), *rest])] = value
+    return out
+
+
+def load_base_weights(model: SSD, path: str | Path) -> None:
+    """Load ImageNet weights of the model's base network, as a file of its usual source holds them.
+
+    * vgg16: VGG-16 in reduced-fc form (``0.weight`` ... ``33.bias``) into ``model.vgg``: ssd.pytorch's
+      ``vgg16_reducedfc.pth`` (converted Caffe weights: 0-255 pixels minus the mean (104, 117, 123), the
+      preprocessing of ``BaseTransform``) or the output of ``utils/convert_vgg.py`` (torchvision weights: RGB
+      scaled to [0, 1], then normalised by ImageNet's mean and std).
+    * mobilenet_v3_large: torchvision's ``mobilenet_v3_large-8738ca79.pth`` (or any ``mobilenet_v3_large``
+      state_dict of the full tail) into ``model.base``; it needs ``reduced_tail=False`` and width 1.0.
+    * resnet50: torchvision's ``resnet50-0676ba61.pth`` (or ``-19c8e357``) up to layer3 into ``model.base``.
+
+    torchvision's ImageNet weights expect its preprocessing (RGB in [0, 1], ImageNet mean and std:
+    ``PIXEL_NORMS["torchvision"]``). The classifiers and ResNet's layer4 are not used.
     """
     state = extract_state_dict(read_checkpoint(path), path)
-    state = {k[len("vgg.") :] if k.startswith("vgg.") else k: v for k, v in state.items()}
-    _check_compatible(model.vgg, state, path, "the VGG-16 base (it needs width 1.0 without batch norm)")
-    model.vgg.load_state_dict(state, strict=True)
-    logger.info("loaded the VGG-16 base from %s", path)
+    kind = _base_file_kind(state)
+    backbone = model.config.backbone
+    if kind is not None and kind[1] != backbone:
+        raise ValueError(
+            f"{path} holds {kind[0]} weights, the base of --backbone {kind[1]}, but the model's backbone is "
+            f"{backbone}; pass --backbone {kind[1]} or the {backbone} base network's file"
+        )
+    if backbone == "vgg16":
+        state = {k[len("vgg.") :] if k.startswith("vgg.") else k: v for k, v in state.items()}
+        _check_compatible(model.vgg, state, path, "the VGG-16 base (it needs width 1.0 without batch norm)")
+        model.vgg.load_state_dict(state, strict=True)
+    else:
+        if backbone == "mobilenet_v3_large":
+            state, what = _mobilenet_base_state(model, state), "the MobileNetV3-Large base (full tail, width 1.0)"
+        else:
+            state = {f"0.{k}": v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
+            what = "the ResNet-50 base (conv1 to layer3)"
+        _check_compatible(model.base, state, path, what)
+        model.base.load_state_dict(state, strict=True)
+    logger.info("loaded the %s base from %s", backbone, path)

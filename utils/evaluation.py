@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from data.base import DetectionDataset
+from utils.checkpoint import class_mapping
 from utils.plots import plot_pr_curves
-from utils.predict import Predictor, predict_dataset
+from utils.predict import PixelDetections, Predictor, predict_dataset
 from utils.voc_eval import DEVKIT, IoUConvention, eval_detection_voc
 
 METRICS = ("voc07", "voc12", "coco")
@@ -36,7 +37,8 @@ def evaluate(
     """Detect on ``dataset`` and score the detections.
 
     Args:
-        predictor: the model and its Detect (its class count must match ``dataset.class_names``).
+        predictor: the model and its Detect. Its classes must be the dataset's, or include them by name: then its
+            detections of other classes are dropped and the rest relabelled (:func:`utils.checkpoint.class_mapping`).
         dataset: test split whose transform is ``predictor.transform`` (fixed-size images).
         metric: ``voc07`` (11-point), ``voc12`` (area) or ``coco`` (needs a COCO dataset).
         convention: IoU convention of the VOC metrics (:data:`DEVKIT` or :data:`SSD_PYTORCH`).
@@ -48,12 +50,12 @@ def evaluate(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    num_classes = predictor.runner.info.num_classes
-    if num_classes != len(dataset.class_names) + 1:
-        raise ValueError(f"the model has {num_classes - 1} classes but the dataset has {len(dataset.class_names)}")
+    to_dataset = class_mapping(predictor.runner.info.class_names, dataset.class_names)
     annotations = [dataset.pull_anno(i) for i in range(len(dataset))]  # read once: sizes here, ground truth below
     sizes = [(a.width, a.height) for a in annotations]
     detections = predict_dataset(predictor, dataset, sizes, batch_size, num_workers, progress)
+    if to_dataset is not None:
+        detections = [relabel(found, to_dataset) for found in detections]
     names = list(dataset.class_names)
     result: dict = {"metric": metric, "num_images": len(dataset), "detections": detections,
                     "num_detections": int(sum(len(d["scores"]) for d in detections))}  # fmt: skip
@@ -85,6 +87,13 @@ def evaluate(
     result["ap"] = dict(zip(names, ap.tolist(), strict=True))
     result["missing_classes"] = [n for n, v in result["ap"].items() if np.isnan(v)]
     return result
+
+
+def relabel(found: PixelDetections, to_dataset: np.ndarray) -> PixelDetections:
+    """One image's detections in a dataset's labels (``to_dataset[label]``), without those the dataset lacks (-1)."""
+    labels = to_dataset[found["labels"]]
+    keep = labels >= 0
+    return {"boxes": found["boxes"][keep], "scores": found["scores"][keep], "labels": labels[keep]}
 
 
 def format_table(result: dict) -> str:

@@ -70,7 +70,9 @@ class TorchRunner:
 
     def __init__(self, model: SSD, info: DetectorInfo, amp: bool = False, cuda_graph: bool = False) -> None:
         self.info = info
-        self.network = InferenceModel(model, amp, cuda_graph)
+        # A checkpoint with torchvision's preprocessing (converted from torchvision) runs the network as torchvision
+        # does, to give its detections to the last bit (utils/convert_torchvision.py).
+        self.network = InferenceModel(model, amp, cuda_graph, exact=info.preprocess.resize == "torchvision")
         self.priors = self.network.priors
         self.device = self.network.device
 

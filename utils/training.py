@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from data.build import build_dataset
 from data.config import DatasetPreset, get_preset
 from data.sampler import EpochSampler
 from layers.multibox_loss import MultiBoxLoss
-from ssd import SSD, build_ssd
-from utils.augmentations import PIXEL_NORMS, Preprocess, SSDAugmentation
+from layers.prior_box import PRIOR_CONFIGS
+from ssd import BACKBONES, SSD, ModelConfig, build_ssd
+from utils.augmentations import PIXEL_NORMS, SSDAugmentation
 from utils.checkpoint import (
     DetectorInfo,
     detector_info,
@@ -52,6 +54,24 @@ OPERATIONAL_ARGS = ("device", "num_workers", "verbose")
 # Arguments added since checkpoints were first written, with the value those checkpoints trained with where it
 # is not the new default: an older run resumes as it started.
 FORMER_DEFAULTS = {"crop_samplers": "ssd_pytorch"}
+# Each backbone's ImageNet base as its usual source names the file (README, "Weights"), and the input normalisation
+# (utils.augmentations.PIXEL_NORMS) those weights expect: the --basenet and --pixel_norm defaults.
+BASE_NETWORKS: dict[str, tuple[str, str]] = {
+    "vgg16": ("weights/vgg16_reducedfc.pth", "caffe"),
+    "mobilenet_v3_large": ("weights/mobilenet_v3_large-8738ca79.pth", "torchvision"),
+    "resnet50": ("weights/resnet50-0676ba61.pth", "torchvision"),
+}
+# Where each backbone's ImageNet base comes from (README, "Weights"), for the message of a missing --basenet file.
+BASE_NETWORK_HELP = {
+    "vgg16": "put ssd.pytorch's vgg16_reducedfc.pth there (README, 'Weights'), or convert torchvision's VGG-16 with "
+    "utils/convert_vgg.py and pass --basenet <file> --pixel_norm torchvision",
+    "mobilenet_v3_large": "put torchvision's ImageNet MobileNetV3-Large weights there (mobilenet_v3_large-8738ca79.pth "
+    "from download.pytorch.org; README, 'Weights')",
+    "resnet50": "put torchvision's ImageNet ResNet-50 weights there (resnet50-0676ba61.pth from download.pytorch.org; "
+    "README, 'Weights')",
+}
+# The flags that describe the network; fine-tuning takes them from a checkpoint that describes itself.
+ARCHITECTURE_FLAGS = ("backbone", "size", "priors", "width", "batch_norm")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,20 +113,81 @@ def find_resume_checkpoint(resume: str, project: str) -> Path:
     return candidates[-1]
 
 
-def build_model(args: argparse.Namespace, preset: DatasetPreset) -> SSD:
-    """A new SSD for ``preset``, initialised from ``--finetune`` (all but its conf heads) or the ``--basenet``."""
-    model = build_ssd(args.size, preset.num_classes, args.priors or preset.prior_family, args.width, args.batch_norm)
+def prior_family_of(config: ModelConfig) -> str | None:
+    """The name of ``config``'s prior preset (``--priors``), None for priors of no preset."""
+    return next((family for (family, size), priors in PRIOR_CONFIGS.items() if priors == config.priors), None)
+
+
+def resolve_model_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
+    """Fill in a new run's network flags: ``--finetune``'s network when the checkpoint describes one (a typed flag
+    that differs from it is refused, naming both), else the backbone's defaults for ``--size``, ``--basenet`` and
+    ``--pixel_norm``."""
+    if args.finetune:
+        checkpoint = read_checkpoint(args.finetune)
+        if "model_config" in checkpoint:
+            info = detector_info(checkpoint)
+            config = info.config
+            network = {"backbone": config.backbone, "size": config.size, "priors": prior_family_of(config),
+                       "width": config.width, "batch_norm": config.batch_norm}  # fmt: skip
+            for name in ARCHITECTURE_FLAGS:
+                if name in typed and getattr(args, name) != network[name]:
+                    raise ValueError(
+                        f"--finetune {args.finetune} is a {config.backbone} SSD{config.size} (priors "
+                        f"{network['priors'] or 'of its own'}, width {config.width:g}, batch_norm {config.batch_norm}), "
+                        f"so --{name} {getattr(args, name)} does not fit it; drop --{name}: fine-tuning keeps the "
+                        "checkpoint's network"
+                    )
+            opencv = replace(info.preprocess, resize="opencv")
+            pixel_norm = next((name for name, norm in PIXEL_NORMS.items() if norm == opencv), None)
+            if "pixel_norm" in typed and args.pixel_norm != pixel_norm:
+                raise ValueError(f"--finetune {args.finetune} was trained with its own input normalisation, so "
+                                 f"--pixel_norm {args.pixel_norm} would be ignored; drop it")  # fmt: skip
+            vars(args).update(network, pixel_norm=pixel_norm)
+            return
+    backbone = BACKBONES[args.backbone]
+    if args.size is None:
+        args.size = backbone.sizes[0]
+    basenet, pixel_norm = BASE_NETWORKS[args.backbone]
+    if args.basenet is None:
+        args.basenet = basenet
+    if args.pixel_norm is None:
+        args.pixel_norm = pixel_norm
+
+
+def build_model(args: argparse.Namespace, preset: DatasetPreset) -> tuple[SSD, DetectorInfo]:
+    """A new SSD for ``preset`` and its :class:`DetectorInfo`.
+
+    With ``--finetune``, all but the checkpoint's conf heads, and the checkpoint's network, pixel normalisation and
+    Detect settings when it describes them (a converted torchvision model keeps torchvision's); its test images are
+    then resized as training resizes them (OpenCV), since the fine-tuned network is no longer torchvision's. Else
+    the network of the flags (:func:`resolve_model_flags`), initialised from ``--basenet`` (``none``: from
+    scratch), with the backbone's test settings.
+    """
+    if args.finetune:
+        checkpoint = read_checkpoint(args.finetune)
+        if "model_config" in checkpoint:
+            source = detector_info(checkpoint)
+            model = SSD(replace(source.config, num_classes=preset.num_classes))
+            load_model_weights(model, args.finetune, skip_conf=True)
+            preprocess = replace(source.preprocess, resize="opencv")
+            return model, DetectorInfo(model.config, preset.class_names, preprocess, source.postprocess)
+    from_scratch = not args.basenet or args.basenet.lower() == "none"
+    # torchvision's rule: ImageNet's MobileNetV3 has the full tail; from scratch, SSDLite takes the reduced one.
+    reduced_tail = args.backbone == "mobilenet_v3_large" and from_scratch and not args.finetune
+    model = build_ssd(args.size, preset.num_classes, args.priors or BACKBONES[args.backbone].prior_family or
+                      preset.prior_family, args.width, args.batch_norm, args.backbone, reduced_tail)  # fmt: skip
     if args.finetune:
         load_model_weights(model, args.finetune, skip_conf=True)
-    elif args.basenet and args.basenet.lower() != "none":
+    elif not from_scratch:
         if not Path(args.basenet).is_file():
             raise FileNotFoundError(
-                f"base network {args.basenet} does not exist: put ssd.pytorch's vgg16_reducedfc.pth there (README, "
-                "'Weights'), or convert torchvision's VGG-16 with utils/convert_vgg.py and pass --basenet <file> "
-                "--pixel_norm torchvision, or train from scratch with --basenet none"
+                f"base network {args.basenet} does not exist: {BASE_NETWORK_HELP[args.backbone]}, or train from "
+                "scratch with --basenet none"
             )
         load_base_weights(model, args.basenet)
-    return model
+    info = DetectorInfo(model.config, preset.class_names, PIXEL_NORMS[args.pixel_norm],
+                        BACKBONES[args.backbone].test_settings)  # fmt: skip
+    return model, info
 
 
 def build_optimizer(args: argparse.Namespace, model: SSD) -> torch.optim.Optimizer:
@@ -151,6 +232,7 @@ def resolve_resume(
         if args.dataset_root is None:
             raise ValueError("--dataset_root is required (the dataset folder), unless you --resume a run")
         check_new_run_flags(args, typed)
+        resolve_model_flags(args, typed)
         return args, None, None
     path = find_resume_checkpoint(args.resume, args.project)
     checkpoint = read_checkpoint(path)
@@ -211,10 +293,15 @@ def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Pat
 
 
 def build_train_loader(
-    args: argparse.Namespace, preset: DatasetPreset, preprocess: Preprocess, dist: DistInfo, device: torch.device
+    args: argparse.Namespace, preset: DatasetPreset, info: DetectorInfo, dist: DistInfo, device: torch.device
 ) -> tuple[DetectionDataset, EpochSampler, DataLoader]:
-    """The augmented training set, its resumable sampler and the loader of this process's share of a batch."""
-    augmentation = SSDAugmentation(args.size, preprocess.mean, preprocess.std, max_expand=args.max_expand,
+    """The augmented training set, its resumable sampler and the loader of this process's share of a batch.
+
+    Training images are resized by OpenCV whatever ``info.preprocess.resize`` says (test time may resize as
+    torchvision does, for checkpoints converted from it); both are bilinear with half-pixel centres.
+    """
+    preprocess = info.preprocess
+    augmentation = SSDAugmentation(info.config.size, preprocess.mean, preprocess.std, max_expand=args.max_expand,
                                    crop_samplers=args.crop_samplers)  # fmt: skip
     dataset = build_dataset(preset, args.dataset_root, "train", augmentation, args.image_set, args.keep_difficult,
                             args.skip_bad, args.seed)  # fmt: skip
@@ -251,16 +338,14 @@ class Trainer:
         seed_everything(args.seed)
 
         self.preset = get_preset(args.dataset, args.classes)
-        preprocess = PIXEL_NORMS[args.pixel_norm]
-        self.dataset, self.sampler, self.loader = build_train_loader(args, self.preset, preprocess, dist, device)
-        self.steps_per_epoch = len(self.dataset) // args.batch_size
-
         if checkpoint is None:
-            self.model = build_model(args, self.preset).to(device)
-            self.info = DetectorInfo(self.model.config, self.preset.class_names, preprocess)
+            self.model, self.info = build_model(args, self.preset)
         else:  # the weights are loaded by load_state below
             self.info = detector_info(checkpoint)
-            self.model = SSD(self.info.config).to(device)
+            self.model = SSD(self.info.config)
+        self.model.to(device)
+        self.dataset, self.sampler, self.loader = build_train_loader(args, self.preset, self.info, dist, device)
+        self.steps_per_epoch = len(self.dataset) // args.batch_size
         self.memory_format = torch.preserve_format if args.no_channels_last else torch.channels_last
         self.model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(args, self.model)
