@@ -366,7 +366,9 @@ class PaddedDetect(nn.Module):
 
     def forward(self, loc_preds: Tensor, conf_preds: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         batch_size, num_classes, k = conf_preds.shape[0], self.num_classes - 1, self.top_k
-        boxes = decode(loc_preds.float(), self.priors)  # [B, P, 4]
+        boxes = decode(loc_preds.float(), self.priors, clamp=self.settings.decode_clamp)  # [B, P, 4]
+        if self.settings.clip_boxes:  # torchvision's SSD clips before NMS
+            boxes = boxes.clamp(0.0, 1.0)
         scores = conf_preds.float().softmax(dim=-1)[..., 1:]  # [B, P, F]
         top_scores, top_priors = scores.topk(k, dim=1)  # [B, k, F]
         top_priors = top_priors.transpose(1, 2).reshape(batch_size, num_classes * k)  # [B, F*k], class-major

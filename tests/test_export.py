@@ -276,3 +276,29 @@ def test_eval_scores_exported_models_like_the_checkpoint(tmp_path: Path, capsys)
             "--conf_thresh", "0.2", "--project", str(tmp_path / "runs")]  # fmt: skip
     assert run_cli(eval_script.main, eval_script.get_args_parser(), argv) == 2
     assert "has its Detect settings built in" in capsys.readouterr().err
+
+
+def test_a_converted_torchvision_ssdlite_exports_end_to_end_with_its_semantics(tmp_path: Path) -> None:
+    # Boxes clipped before NMS, the dw/dh clamp and torchvision's preprocessing, inside the exported graph.
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    from tests.fixtures import calibrate_batch_norm, write_scenes
+    from utils.convert_torchvision import from_torchvision
+
+    torch.manual_seed(0)
+    tv = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)
+    paths = write_scenes(tmp_path / "scenes", [(320, 240), (200, 300)])
+    scenes = [cv2.imread(str(p)) for p in paths]
+    tensors = [torch.from_numpy(s[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255 for s in scenes]
+    calibrate_batch_norm(tv, lambda: tv.backbone(tv.transform(tensors)[0].tensors))
+    model, info = from_torchvision(tv.state_dict(), SHAPES_CLASSES)
+    settings = DetectSettings(0.2, info.postprocess.nms_thresh, 50, 20, info.postprocess.clip_boxes,
+                              info.postprocess.decode_clamp)  # fmt: skip
+    assert settings.clip_boxes and settings.decode_clamp is not None and info.preprocess.resize == "torchvision"
+    export_onnx(model, info, tmp_path / "lite.onnx", ExportSpec("detections", settings, include_preprocess=True))
+    got = Predictor(OnnxRunner(tmp_path / "lite.onnx"))(scenes[:1]) + Predictor(OnnxRunner(tmp_path / "lite.onnx"))(scenes[1:])
+    expected = Predictor(TorchRunner(model, info), settings)(scenes)
+    for a, b, scene in zip(expected, got, scenes, strict=True):
+        diffs = compare_detections(a, b, settings, (scene.shape[1], scene.shape[0]))
+        assert len(a["scores"]) and diffs["differ"] == 0 and diffs["scores"] < 1e-4 and diffs["boxes"] < 0.05
+        assert (b["boxes"] >= 0).all() and (b["boxes"][:, 2] <= scene.shape[1] + 1e-3).all()  # clipped

@@ -97,21 +97,30 @@ class ExportSpec:
 
 
 class GraphPreprocess(nn.Module):
-    """:class:`utils.augmentations.BaseTransform` in tensor operations, for graphs that take images: uint8 BGR
-    ``[B, H, W, 3]`` -> bilinear resize to ``size`` (half-pixel centres and rounding, as OpenCV's INTER_LINEAR on
-    uint8) -> ``(pixel - mean) / std`` -> RGB ``[B, 3, size, size]``."""
+    """The model's preprocessing in tensor operations, for graphs that take images (uint8 BGR ``[B, H, W, 3]``):
+
+    * ``Preprocess.resize == "opencv"`` (:class:`utils.augmentations.BaseTransform`): bilinear resize to ``size``
+      (half-pixel centres and rounding, as OpenCV's INTER_LINEAR on uint8), then ``(pixel - mean) / std``;
+    * ``"torchvision"`` (:class:`utils.augmentations.TorchvisionTransform`): ``(pixel - mean) / std`` first, then
+      the bilinear resize in float, as torchvision's detection models do.
+
+    Returns RGB ``[B, 3, size, size]``.
+    """
 
     def __init__(self, size: int, preprocess: Preprocess) -> None:
         super().__init__()
-        self.size = size
+        self.size, self.resize_first = size, preprocess.resize != "torchvision"
         std = preprocess.std or (1.0, 1.0, 1.0)
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.permute(0, 3, 1, 2).float()  # [B, 3, H, W] BGR
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False).round().clamp(0, 255)
-        return ((x - self.mean) * self.inv_std).flip(1)  # [B, 3, S, S] RGB
+        if self.resize_first:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False).round().clamp(0, 255)
+            return ((x - self.mean) * self.inv_std).flip(1)  # [B, 3, S, S] RGB
+        x = ((x - self.mean) * self.inv_std).flip(1)
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
 
 
 class ExportGraph(nn.Module):
@@ -390,8 +399,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     line = f"wrote {output}"
     if not (args.include_preprocess or args.half or args.decoded):
-        size = model.config.size
-        batch = torch.randn(args.static_batch or 2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 50
+        # Random images through the model's own preprocessing: inputs in the range the network was trained on.
+        rng = np.random.default_rng(0)
+        transform = info.preprocess.transform(model.config.size)
+        images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(args.static_batch or 2)]
+        batch = torch.from_numpy(np.stack([transform(image)[0] for image in images]))
         diffs = check_export(model, info, output, batch)
         ok = max(diffs.get("loc", 0.0), diffs.get("conf", 0.0), diffs["scores"]) < 1e-4 and diffs["boxes"] < 1e-2
         ok = ok and diffs["differ"] == 0

@@ -118,8 +118,12 @@ class OnnxRunner(ExportedRunner):
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file {path} does not exist")
         self.providers = onnx_providers(device or torch.device("cpu"), ort.get_available_providers())
+        options = ort.SessionOptions()
+        # onnxruntime's idle threads spin by default: beside PyTorch's threads in one process (export checks,
+        # benchmarks) they starve them (a 10 ms PyTorch forward took 1 s on two cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), providers=self.providers)
+            self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable files
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(f"{path} is not a loadable ONNX model ({first}); re-export it") from error
