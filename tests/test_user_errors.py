@@ -1,7 +1,6 @@
 """What a new user hits (issue 19): awkward data and wrong flags get one clear line and a non-zero exit, and
 no data is lost. Each test names its case."""
 
-import argparse
 from pathlib import Path
 
 import pytest

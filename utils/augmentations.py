@@ -75,6 +75,17 @@ def _centres_inside(boxes: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.nd
     )  # fmt: skip
 
 
+def _relative_targets(
+    image: np.ndarray, boxes: np.ndarray | None, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test-time transforms' targets: pixel boxes [N, 4] (none: empty) as relative xyxy, labels as int64."""
+    boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32)
+    labels = np.zeros((0,), np.int64) if labels is None else np.asarray(labels, np.int64)
+    _check_inputs(image, boxes, labels)
+    height, width = image.shape[:2]
+    return boxes / np.array([width, height, width, height], dtype=np.float32), labels
+
+
 def _check_inputs(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an [H, W, 3] BGR image, got shape {image.shape}")
@@ -104,11 +115,7 @@ class BaseTransform:
         rng: np.random.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Deterministic; ``rng`` is accepted (and ignored) so every transform has one call form."""
-        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32)
-        labels = np.zeros((0,), np.int64) if labels is None else np.asarray(labels, np.int64)
-        _check_inputs(image, boxes, labels)
-        height, width = image.shape[:2]
-        relative = boxes / np.array([width, height, width, height], dtype=np.float32)
+        relative, labels = _relative_targets(image, boxes, labels)
         return _to_output(image, self.mean, self.inv_std, self.size), relative, labels
 
 
@@ -140,11 +147,7 @@ class TorchvisionTransform:
         rng: np.random.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Deterministic; ``rng`` is accepted (and ignored) so every transform has one call form."""
-        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32)
-        labels = np.zeros((0,), np.int64) if labels is None else np.asarray(labels, np.int64)
-        _check_inputs(image, boxes, labels)
-        height, width = image.shape[:2]
-        relative = boxes / np.array([width, height, width, height], dtype=np.float32)
+        relative, labels = _relative_targets(image, boxes, labels)
         # A contiguous [3, H, W] tensor, as torchvision's decoders give: the interpolation then runs the same kernel.
         rgb = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[::-1]))  # [3, H, W] uint8
         with torch.inference_mode():

@@ -253,7 +253,7 @@ def to_torchvision(model: SSD, info: DetectorInfo, source: str | Path = "<model>
             "torchvision resizes with F.interpolate after normalising, clips boxes before NMS and clamps dw/dh at "
             "log(1000/16); this checkpoint's own pipeline does not do all of that, so its detections differ slightly"
         )
-    code += "; model.load_state_dict(torch.load(<output>))"
+    code += "; model.load_state_dict(torch.load(<output>, weights_only=True))"
     return state, code, notes
 
 

@@ -593,6 +593,6 @@ class Trainer:
         """Save ``last.pth`` after a Ctrl-C and say how to resume; exit status 130."""
         path = self.save("last.pth")
         if path is not None:
-            print(f"\ninterrupted at epoch {self.epoch + 1}, step {self.epoch_step}; saved {path}; "
-                  f"resume with: python train.py --resume {path}", file=sys.stderr)  # fmt: skip
+            message = f"interrupted at epoch {self.epoch + 1}, step {self.epoch_step}; saved {path}; resume with: python train.py --resume {path}"
+            print(f"\n{message}", file=sys.stderr)
         return 130
