@@ -82,6 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="linear lr warmup; default 1 epoch, none with --schedule paper_voc (the paper has none)")  # fmt: skip
     optim.add_argument("--max_grad_norm", type=NON_NEGATIVE_FLOAT, default=0.0, help="clip gradients to this norm (0: off)")
     optim.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
+    optim.add_argument("--fused_optimizer", action="store_true",
+                       help="one fused kernel for the whole optimizer step (a GPU lever; the same update up to rounding)")  # fmt: skip
     run = parser.add_argument_group("run")
     add_device_flags(run)
     add_workers_flag(run)
