@@ -31,11 +31,11 @@ def run(command: list[str], timeout: float) -> dict:
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        status, output = done.returncode, done.stdout + done.stderr
+        status, stdout, stderr = done.returncode, done.stdout, done.stderr
     except subprocess.TimeoutExpired as error:
-        status, output = "timeout", f"{error.stdout or ''}{error.stderr or ''}"
+        status, stdout, stderr = "timeout", str(error.stdout or ""), str(error.stderr or "")
     return {"command": " ".join(command[1:]), "status": status, "wall_s": time.perf_counter() - start,
-            "output_tail": str(output)[-3000:]}  # fmt: skip
+            "stdout_tail": stdout[-3000:], "stderr_tail": stderr[-1500:]}  # fmt: skip
 
 
 def bench(module: str, extra: list[str], out: Path, timeout: float) -> dict:
