@@ -110,7 +110,8 @@ def test_bad_sources_and_weights_are_one_line(weights: Path, tmp_path: Path) -> 
     (tmp_path / "doc.pdf").write_text("x")
     unsupported = run("--weights", str(weights), "--source", str(tmp_path / "doc.pdf"), cwd=tmp_path)
     assert unsupported.returncode == 2 and unsupported.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'doc.pdf'}: unsupported extension '.pdf'; use an image (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp) or a video"
+        f"error: {tmp_path / 'doc.pdf'}: unsupported extension '.pdf'; use images (.jpg, .jpeg, .png, .bmp, .tif, .tiff, "
+        ".webp) or videos (.mp4, .avi, .mov, .mkv, .m4v, .webm, .mpg, .mpeg, .wmv)"
     ]
     missing = run("--weights", str(weights), "--source", str(tmp_path / "nothing.jpg"), cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr

@@ -19,13 +19,14 @@ packages onnx, onnxscript and onnxruntime.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import logging
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,8 @@ class ExportSpec:
         outputs: ``raw`` ``(loc [B, P, 4], conf [B, P, C])``; ``decoded`` (relative xyxy boxes [B, P, 4], softmax
             scores [B, P, C]); ``detections``: the end-to-end graph, NMS inside, in TensorRT EfficientNMS's padded
             layout (:class:`layers.detection.PaddedDetect`).
-        settings: the Detect settings of a ``detections`` graph (stored in the metadata).
+        settings: the Detect settings (stored in the metadata; a ``detections`` graph applies them); None: the
+            model's own (``DetectorInfo.postprocess``).
         include_preprocess: the graph takes uint8 BGR images ``[B, H, W, 3]`` (as ``cv2.imread`` gives, all of one
             size) and resizes and normalises them itself; else the preprocessed batch ``[B, 3, S, S]``.
         half: the network in float16 (for GPUs); inputs and outputs stay float32 (or uint8 in).
@@ -86,7 +88,7 @@ class ExportSpec:
     """
 
     outputs: str = "raw"
-    settings: DetectSettings = field(default_factory=DetectSettings)
+    settings: DetectSettings | None = None
     include_preprocess: bool = False
     half: bool = False
     static_batch: int | None = None
@@ -130,8 +132,10 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.spec = spec
         self.preprocess = GraphPreprocess(info.config.size, info.preprocess) if spec.include_preprocess else None
-        self.model = model.eval().half() if spec.half else model.eval()
-        self.detect = PaddedDetect(info.num_classes, spec.settings, model.priors) if spec.outputs == "detections" else None
+        self.settings = spec.settings or info.postprocess
+        self.register_buffer("priors", model.priors.float().clone(), persistent=False)  # post-processing: float32
+        self.model = copy.deepcopy(model).eval().half() if spec.half else model.eval()  # the caller's stays float32
+        self.detect = PaddedDetect(info.num_classes, self.settings, self.priors) if spec.outputs == "detections" else None
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         if self.preprocess is not None:
@@ -141,7 +145,8 @@ class ExportGraph(nn.Module):
         if self.detect is not None:
             return self.detect(loc_preds, conf_preds)
         if self.spec.outputs == "decoded":
-            return decode(loc_preds, self.model.priors.float()), conf_preds.softmax(dim=-1)
+            boxes = decode(loc_preds, self.priors, clamp=self.settings.decode_clamp)  # as Detect decodes
+            return (boxes.clamp(0.0, 1.0) if self.settings.clip_boxes else boxes), conf_preds.softmax(dim=-1)
         return loc_preds, conf_preds
 
     def example(self, batch_size: int = 1) -> Tensor:
@@ -162,8 +167,9 @@ class ExportGraph(nn.Module):
 def metadata(info: DetectorInfo, spec: ExportSpec) -> dict[str, str]:
     """The :class:`DetectorInfo` entries as JSON strings (a ``detections`` graph's Detect settings as its
     ``postprocess``), what the graph takes and what it outputs."""
-    entries = info.to_dict() | ({"postprocess": spec.settings.to_dict()} if spec.outputs == "detections" else {})
+    entries = info.to_dict() | {"postprocess": (spec.settings or info.postprocess).to_dict()}  # export-time flags
     return {key: json.dumps(value) for key, value in entries.items()} | {
+        "static_batch": str(spec.static_batch or 0),
         "outputs": ",".join(OUTPUT_NAMES[spec.outputs]) if spec.outputs != "detections" else "detections",
         "input": "uint8_bgr_hwc" if spec.include_preprocess else "preprocessed",
         "precision": "fp16" if spec.half else "fp32",
@@ -209,7 +215,10 @@ def export_onnx(model: SSD, info: DetectorInfo, path: str | Path, spec: ExportSp
             raise
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         logger.warning("the torch.export-based ONNX exporter failed (%s); using the legacy TorchScript exporter", reason)
-        axes = None if spec.static_batch else {"images": {0: "batch"}} | {name: {0: "batch"} for name in names}
+        dims = (graph.dynamic_shapes() or {}).get("images", {})
+        axes = {"images": {axis: dim.__name__ for axis, dim in dims.items()}} if dims else None
+        if axes and 0 in dims:
+            axes |= {name: {0: "batch"} for name in names}
         torch.onnx.export(graph, (graph.example(spec.static_batch or 1),), str(path), input_names=["images"],
                           output_names=list(names), dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
     proto = onnx.load(str(path))
@@ -389,6 +398,8 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--int8 needs --format onnx and --calib <dataset root> to calibrate on")
     if args.half and args.int8:
         raise ValueError("--half and --int8 are two precisions; give one")
+    if args.int8 and args.static_batch not in (None, 1):
+        raise ValueError("--int8 calibrates one image at a time: use --static_batch 1 or a dynamic batch")
     model, info = load_detector(args.weights, "cpu", raw_weights(args, dataset_preset(args)))
     outputs = "detections" if args.nms else "decoded" if args.decoded else "raw"
     spec = ExportSpec(outputs, detect_settings(args, info.postprocess), args.include_preprocess, args.half,

@@ -14,6 +14,7 @@ graph already contains NMS (``returns_detections``), the final per-image detecti
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor
+from torch.export.passes import move_to_device_pass
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -32,6 +34,8 @@ from layers.prior_box import prior_boxes
 from ssd import SSD
 from utils.checkpoint import DetectorInfo, RawWeights, load_detector
 from utils.runtime import InferenceModel
+
+logger = logging.getLogger(__name__)
 
 # The metadata entries of an exported file that hold its DetectorInfo (utils.export.metadata).
 DETECTOR_KEYS = ("model_config", "class_names", "preprocess", "postprocess")
@@ -100,6 +104,7 @@ class ExportedRunner:
         self.info = DetectorInfo.from_dict({k: json.loads(meta[k]) for k in meta if k in DETECTOR_KEYS})
         self.returns_detections = outputs == "detections"
         self.input_kind = meta.get("input", "preprocessed")
+        self.static_batch = int(meta.get("static_batch", "0"))  # 0: dynamic
         self.precision = meta.get("precision", "fp32")
         self.priors = prior_boxes(self.info.config.priors)
 
@@ -132,7 +137,13 @@ class OnnxRunner(ExportedRunner):
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor] | list[Detections]:
         feed = images.cpu().numpy()
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, {"images": feed})]
+        step = self.static_batch or len(feed)
+        parts = []
+        for start in range(0, len(feed), step):  # a fixed-batch graph takes chunks of its size, the last one padded
+            chunk = feed[start : start + step]
+            padded = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            parts.append([torch.from_numpy(o[: len(chunk)]) for o in self.session.run(None, {"images": padded})])
+        outputs = [torch.cat(tensors) for tensors in zip(*parts, strict=True)]
         return padded_to_detections(*outputs) if self.returns_detections else (outputs[0], outputs[1])
 
 
@@ -140,6 +151,8 @@ def onnx_providers(device: torch.device, available: Sequence[str]) -> list[str]:
     """onnxruntime's execution providers for ``device``: CUDA first on a GPU when onnxruntime-gpu offers it."""
     if device.type == "cuda" and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device.type == "cuda":
+        logger.warning("onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu): running on the CPU")
     return ["CPUExecutionProvider"]
 
 
@@ -158,7 +171,8 @@ class ProgramRunner(ExportedRunner):
             raise ValueError(f"{path} is not a torch.export program ({first}); re-export it") from error
         self._read_metadata(path, json.loads(extra["ssd.json"] or "{}"))
         self.device = device or torch.device("cpu")
-        self.module = program.module().to(self.device)
+        # Tensors the graph creates carry the export's device (CPU); the pass moves those too.
+        self.module = move_to_device_pass(program, self.device).module()
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor] | list[Detections]:
@@ -171,6 +185,8 @@ def load_runner(
 ) -> TorchRunner | OnnxRunner | ProgramRunner:
     """The runner of a weights file: an ``.onnx`` or ``.pt2`` export, or a checkpoint (CUDA graphs on a GPU)."""
     suffix = Path(path).suffix.lower()
+    if amp and suffix in (".onnx", ".pt2"):
+        raise ValueError(f"--amp applies to PyTorch checkpoints; {path} has its precision fixed at export (--half, --int8)")
     if suffix == ".onnx":
         return OnnxRunner(path, device)
     if suffix == ".pt2":
@@ -255,6 +271,8 @@ class Predictor:
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[PixelDetections]:
         """Detect in BGR uint8 images ``[H, W, 3]`` of any sizes (as ``cv2.imread`` gives), timing each stage."""
+        if not images:
+            return []
         start = time.perf_counter()
         if self.runner.input_kind == "uint8_bgr_hwc":  # the graph preprocesses; images of any sizes go one by one
             batches = [torch.from_numpy(image[None]) for image in images]

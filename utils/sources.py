@@ -43,16 +43,14 @@ def resolve_sources(text: str) -> Sources:
         files = sorted(p for p in path.iterdir() if p.is_file() and is_media(p))
         if not files:
             raise FileNotFoundError(f"folder {path} holds no {kinds}")
-    elif any(c in text for c in "*?["):
+    elif not path.is_file() and any(c in text for c in "*?["):  # a file named img[1].jpg is a file, not a pattern
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file() and is_media(Path(p)))
         if not files:
             raise FileNotFoundError(f"the pattern {text!r} matches no {kinds}")
     elif path.is_file():
         suffix = path.suffix.lower()
         if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-            raise ValueError(
-                f"{path}: unsupported extension {path.suffix!r}; use an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a video"
-            )
+            raise ValueError(f"{path}: unsupported extension {path.suffix!r}; use {kinds}")
         files = [path]
     else:
         raise FileNotFoundError(

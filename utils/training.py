@@ -251,7 +251,7 @@ def resolve_resume(
         )
     # Arguments added since the checkpoint was written: what it trained with, else the defaults.
     saved = {**defaults, **FORMER_DEFAULTS, **checkpoint["args"]}
-    saved.update({k: getattr(args, k) for k in OPERATIONAL_ARGS if getattr(args, k) != defaults[k]})
+    saved.update({k: getattr(args, k) for k in OPERATIONAL_ARGS if k in typed or getattr(args, k) != defaults[k]})
     saved.update({k: getattr(args, k) for k in PER_INVOCATION_ARGS})
     if "end_epoch" in typed:
         saved.update(change_length(saved, args.end_epoch, int(checkpoint["epoch"]), path))
