@@ -320,7 +320,10 @@ def load_detector(
         FileNotFoundError, ValueError: the file is missing, not a checkpoint, or does not fit the network.
     """
     checkpoint = read_checkpoint(path)
-    info = detector_info(checkpoint, raw)
+    try:
+        info = detector_info(checkpoint, raw)
+    except ValueError as error:  # e.g. an old checkpoint without class names, read with another dataset's
+        raise ValueError(f"{path}: {error}; pass the checkpoint's --dataset or --classes") from error
     model = SSD(info.config)
     _load_state(model, extract_state_dict(checkpoint, path), path, skip_conf=False)
     return model.to(device).eval(), info

@@ -150,7 +150,7 @@ PROBABILITY = bounded(float, 0, 1)
 
 
 # --- flag groups ------------------------------------------------------------------------------------------
-# Each flag is defined once, here; every script that takes it adds its group. make_parser() gives every
+# Each flag is defined once, here; every script that takes it adds its group. add_hyphen_aliases() gives every
 # underscore flag its hyphen spelling too (--batch_size and --batch-size).
 DEFAULT_WEIGHTS = "weights/ssd300_mAP_77.43_v2.pth"
 DEFAULT_NUM_WORKERS = 4
