@@ -215,6 +215,7 @@ def test_detector_info_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "m.pth", model, info, epoch=4)
     loaded, loaded_info = load_detector(tmp_path / "m.pth")
     assert loaded_info == info and not loaded.training
+    assert tuple(info.to_dict()) == DetectorInfo.KEYS  # what exported files' metadata are read back by
     assert read_checkpoint(tmp_path / "m.pth")["epoch"] == 4
     assert_loaded(loaded, model.state_dict())
     with pytest.raises(ValueError, match="3 class names for a network with 2 classes"):

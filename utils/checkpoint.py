@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -247,6 +247,9 @@ class DetectorInfo:
     def num_classes(self) -> int:
         """C, including the background."""
         return self.config.num_classes
+
+    # The entries to_dict writes (a checkpoint's, or an exported file's metadata).
+    KEYS: ClassVar[tuple[str, ...]] = ("model_config", "class_names", "preprocess", "postprocess")
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint entries (plain containers, loadable with ``weights_only=True``)."""

@@ -37,8 +37,6 @@ from utils.runtime import InferenceModel
 
 logger = logging.getLogger(__name__)
 
-# The metadata entries of an exported file that hold its DetectorInfo (utils.export.metadata).
-DETECTOR_KEYS = ("model_config", "class_names", "preprocess", "postprocess")
 # Per image, in pixels of the original image: boxes float64 [K, 4] xyxy (unclipped), scores float64 [K]
 # (descending), labels int64 [K] as 0-based foreground classes (``class_names[label]``).
 PixelDetections = dict[str, np.ndarray]
@@ -101,7 +99,7 @@ class ExportedRunner:
         outputs = meta.get("outputs", "loc,conf")
         if outputs not in ("loc,conf", "detections"):
             raise ValueError(f"{path} returns decoded boxes (--decoded); export it raw or with --nms for inference.py")
-        self.info = DetectorInfo.from_dict({k: json.loads(meta[k]) for k in meta if k in DETECTOR_KEYS})
+        self.info = DetectorInfo.from_dict({k: json.loads(meta[k]) for k in meta if k in DetectorInfo.KEYS})
         self.returns_detections = outputs == "detections"
         self.input_kind = meta.get("input", "preprocessed")
         self.static_batch = int(meta.get("static_batch", "0"))  # 0: dynamic
