@@ -142,12 +142,15 @@ def process_stream(
     out_path = writer.out_dir / out_name
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    video = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    frames = 0
+    # The writer takes the first frame's size: a webcam may report 0, and a rotated video its stored size.
+    video: cv2.VideoWriter | None = None
+    width = height = frames = 0
     counts = np.zeros(len(writer.class_names), np.int64)
     try:
         for batch in read_frames(capture, batch_size):
+            if video is None:
+                height, width = batch[0].shape[:2]
+                video = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
             for frame, result in zip(batch, predictor(batch), strict=True):
                 shown = result["scores"] >= writer.thresh
                 counts += np.bincount(result["labels"][shown], minlength=len(counts))
@@ -160,6 +163,7 @@ def process_stream(
                 writer.record(Path(source), labels_file, result, (width, height), frame=frames)
                 frames += 1
     finally:
-        video.release()
+        if video is not None:
+            video.release()
     found = ", ".join(f"{n} {writer.class_names[c]}" for c, n in enumerate(counts) if n) or "no detections"
     return f"{source}: {frames} frames ({width}x{height} at {fps:.2f} fps), {found}"
