@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -64,9 +64,7 @@ class DetectSettings:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, float | int | bool | None]:
-        return {"conf_thresh": self.conf_thresh, "nms_thresh": self.nms_thresh, "top_k": self.top_k,
-                "keep_top_k": self.keep_top_k, "clip_boxes": self.clip_boxes,
-                "decode_clamp": self.decode_clamp}  # fmt: skip
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> DetectSettings:
@@ -201,13 +199,15 @@ class Detect:
             raise ValueError(f"num_classes must count the background and at least one class, got {num_classes}")
         self.num_classes = num_classes
         self.settings = DetectSettings(conf_thresh, nms_thresh, top_k, keep_top_k, clip_boxes, decode_clamp)
-        self.conf_thresh = conf_thresh
-        self.nms_thresh = nms_thresh
-        self.top_k = top_k
-        self.keep_top_k = keep_top_k
         self.variances = variances
-        self.clip_boxes = clip_boxes
-        self.decode_clamp = decode_clamp
+
+    # The settings' fields, read where Detect applies them.
+    conf_thresh = property(lambda self: self.settings.conf_thresh)
+    nms_thresh = property(lambda self: self.settings.nms_thresh)
+    top_k = property(lambda self: self.settings.top_k)
+    keep_top_k = property(lambda self: self.settings.keep_top_k)
+    clip_boxes = property(lambda self: self.settings.clip_boxes)
+    decode_clamp = property(lambda self: self.settings.decode_clamp)
 
     @classmethod
     def from_settings(cls, num_classes: int, settings: DetectSettings) -> Detect:
