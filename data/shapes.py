@@ -8,14 +8,23 @@ drawn from a generator seeded by (seed, split, index), so the same command write
 
 writes ``JPEGImages/``, ``Annotations/`` and ``ImageSets/Main/{trainval,test}.txt``;
 ``--video clip.mp4 --train 0 --test 0`` writes only a clip of moving shapes.
+
+    python -m data.shapes --out data/shapes_fog --train 1000 --test 300 --seed 0 --fog 0.02
+
+writes a domain shift that a CPU can show, the shapes' counterpart of Cityscapes -> Foggy Cityscapes: the same
+scenes twice, ``clean/`` (the labelled source domain) and ``foggy/`` (the target domain; its test split is the
+adaptation test set), with identical annotations and split files, plus ``fog.json`` with the fog's constants. The
+scenes there stand on a ground plane (:func:`draw_scene`): far objects sit higher, are smaller, and fade more.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -27,6 +36,19 @@ MIN_SIZE, MAX_SIZE = 20, 150
 MAX_OBJECTS = 6
 MAX_COVERED = 0.25  # at most this fraction of the smaller of two boxes may lie under the other
 SPLITS = {"trainval": 0, "test": 1}
+
+# The fog scenes' ground plane, seen by a level camera (draw_scene). Depths are in metres; sizes in pixels.
+HORIZON = 0.3  # the horizon row, as a fraction of the image side from the top
+D_NEAR = 8.0  # depth of the ground at the bottom edge of the image
+D_MAX = 300.0  # depth of the sky, and the cap of the ground's depth near the horizon
+# Extent of an object standing on the bottom edge, before the MAX_SIZE clip. With D_NEAR it puts a MIN_SIZE object
+# at S_NEAR * D_NEAR / MIN_SIZE = 68 m, where beta 0.02 (Foggy Cityscapes' densest fog) leaves t = exp(-1.36) ~ 0.26,
+# while the nearest objects keep t ~ exp(-0.16) ~ 0.85: faded, never invisible.
+S_NEAR = 170.0
+SIZE_JITTER = 0.15  # objects' real sizes differ: each extent is the perspective's times U(1 - 0.15, 1 + 0.15)
+AIRLIGHT_RANGE = (0.75, 0.95)  # the atmospheric light's grey level, a fraction of 255, drawn once per image
+FOG_GENERATOR_VERSION = 1  # recorded in fog.json; raise it whenever draw_scene or add_fog draws differently
+_AIRLIGHT_STREAM = 7  # a fourth seed word: the airlight has its own generator, so clean scenes ignore the fog
 
 
 def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray | None:
@@ -91,6 +113,42 @@ def _overlap_over_smaller(a: np.ndarray, b: np.ndarray) -> float:
     return w * h / smaller
 
 
+def _outline(kind: str, cx: float, cy: float, extent: float, angle: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """A shape's polygon (as :func:`_polygon`; None for a circle) and its exact box (ndarray[4], pixel xyxy)."""
+    polygon = _polygon(kind, cx, cy, extent, angle)
+    if polygon is None:
+        box = np.array([cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2])
+    else:
+        box = np.concatenate([polygon.min(0), polygon.max(0)])
+    return polygon, box
+
+
+def _contrasting_colour(
+    rng: np.random.Generator, image: np.ndarray, box: np.ndarray, also_from: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """A fill colour far (>= 120 in BGR) from the mean of ``image`` (uint8 [H, W, 3]) under ``box`` (pixel xyxy), so
+    every object stays visible, and as far from ``also_from`` (ndarray[3] BGR) when given."""
+    x0, y0, x1, y1 = (int(v) for v in np.clip(box, 0, image.shape[0] - 1))
+    under = image[y0 : y1 + 1, x0 : x1 + 1].reshape(-1, 3).mean(0)
+    avoid = [under] if also_from is None else [under, also_from]
+    colour = rng.uniform(0, 255, 3)
+    while min(np.linalg.norm(colour - other) for other in avoid) < 120:
+        colour = rng.uniform(0, 255, 3)
+    return tuple(float(c) for c in colour)
+
+
+def _paint(
+    canvas: np.ndarray, polygon: np.ndarray | None, cx: float, cy: float, extent: float, fill: tuple[float, ...]
+) -> None:
+    """Fill a shape from :func:`_outline` into ``canvas`` in place, anti-aliased at 1/16 px: an image (uint8
+    [H, W, 3], ``fill`` BGR) or a coverage mask (uint8 [H, W], ``fill`` = (255,))."""
+    if polygon is None:
+        centre = (int(round(cx * 16)), int(round(cy * 16)))
+        cv2.circle(canvas, centre, int(round(extent / 2 * 16)), fill, -1, cv2.LINE_AA, shift=4)
+    else:
+        cv2.fillPoly(canvas, [np.round(polygon * 16).astype(np.int32)], fill, cv2.LINE_AA, shift=4)
+
+
 def draw_sample(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one image.
 
@@ -108,57 +166,201 @@ def draw_sample(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, 
             angle = rng.uniform(0, 2 * math.pi) if SHAPES_CLASSES[label] != "square" else rng.uniform(-0.35, 0.35)
             half = extent / 2 + 2
             cx, cy = rng.uniform(half, size - half), rng.uniform(half, size - half)
-            polygon = _polygon(SHAPES_CLASSES[label], cx, cy, extent, angle)
-            if polygon is None:
-                box = np.array([cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2])
-            else:
-                box = np.concatenate([polygon.min(0), polygon.max(0)])
+            polygon, box = _outline(SHAPES_CLASSES[label], cx, cy, extent, angle)
             if all(_overlap_over_smaller(box, other) <= MAX_COVERED for other in boxes):
                 break
         else:
             continue
-        # A colour far from the background under the shape, so every object stays visible.
-        x0, y0, x1, y1 = (int(v) for v in np.clip(box, 0, size - 1))
-        under = image[y0 : y1 + 1, x0 : x1 + 1].reshape(-1, 3).mean(0)
-        colour = rng.uniform(0, 255, 3)
-        while np.linalg.norm(colour - under) < 120:
-            colour = rng.uniform(0, 255, 3)
-        fill = tuple(float(c) for c in colour)
-        if polygon is None:
-            centre = (int(round(cx * 16)), int(round(cy * 16)))
-            cv2.circle(image, centre, int(round(extent / 2 * 16)), fill, -1, cv2.LINE_AA, shift=4)
-        else:
-            cv2.fillPoly(image, [np.round(polygon * 16).astype(np.int32)], fill, cv2.LINE_AA, shift=4)
+        _paint(image, polygon, cx, cy, extent, _contrasting_colour(rng, image, box))
         boxes.append(box)
         labels.append(label)
     boxes_array = np.clip(np.array(boxes, np.float32).reshape(-1, 4), 0, size - 1)
     return image, boxes_array, np.array(labels, np.int64)
 
 
-def generate(out: str | Path, num_train: int, num_test: int, seed: int = 0, size: int = 300) -> dict[str, int]:
-    """Write the dataset under ``out``; returns the number of objects per class."""
+class _Standing(NamedTuple):
+    """A shape placed in a ground-plane scene, before it is painted."""
+
+    bottom: float  # the row its box bottom, and so its foot on the ground, lies at
+    label: int
+    cx: float
+    cy: float
+    extent: float
+    polygon: np.ndarray | None
+    box: np.ndarray  # [4] pixel xyxy
+
+
+def ground_depth(rows: np.ndarray | float, size: int) -> np.ndarray:
+    """Depth of what a level camera sees at image row ``rows`` of a ``size``-pixel image of flat ground.
+
+    A ground point at depth d projects ``f * h / d`` rows below the horizon row ``y_h = HORIZON * size`` (f the focal
+    length in pixels, h the camera's height), so d(y) = D_NEAR * (size - y_h) / (y - y_h), D_NEAR at the bottom edge.
+
+    Args:
+        rows (ndarray[...] or float): row coordinates, 0 at the top edge.
+
+    Returns:
+        ndarray[...] float64 metres in (0, D_MAX]; D_MAX (the sky) at and above the horizon.
+    """
+    horizon = HORIZON * size
+    below = np.asarray(rows, np.float64) - horizon
+    depth = D_NEAR * (size - horizon) / np.maximum(below, 1e-9)  # the floor only keeps the sky rows finite
+    return np.where(below > 0, np.minimum(depth, D_MAX), D_MAX)
+
+
+def draw_scene(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one scene of shapes standing on a ground plane, with its depth map, for :func:`add_fog`.
+
+    An object whose box bottom is at row y_b stands at depth d(y_b) (:func:`ground_depth`) over its whole drawn
+    area, and perspective scales it: extent = S_NEAR * D_NEAR / d(y_b) times U(1 - SIZE_JITTER, 1 + SIZE_JITTER),
+    clipped to [MIN_SIZE, MAX_SIZE] and to y_b - y_h, so every box lies below the horizon (an object no taller
+    than the camera is high; this clip binds only on images under 280 px). Bottoms are drawn where
+    the perspective extent is at least MIN_SIZE, hence no object lies beyond S_NEAR * D_NEAR / MIN_SIZE metres.
+    Objects are painted far to near, so a nearer one hides what it covers, and as in :func:`draw_sample` at most
+    MAX_COVERED of the smaller of two boxes lies under the other.
+
+    Returns:
+        image (uint8 [size, size, 3] BGR, no fog), boxes (float32 [N, 4] 0-based pixel xyxy, the shapes' exact
+        extents, far to near), labels (int64 [N], indices into ``SHAPES_CLASSES``) with N in 1..6, and depth
+        (float32 [size, size] metres in (0, D_MAX]).
+    """
+    image = _background(rng, size)
+    horizon = HORIZON * size
+    depth = np.repeat(ground_depth(np.arange(size), size)[:, None], size, axis=1).astype(np.float32)  # [H, W]
+    # The farthest bottom row: where the perspective extent falls to MIN_SIZE, or MIN_SIZE below the horizon.
+    top_bottom = horizon + max(MIN_SIZE, (size - horizon) * MIN_SIZE / S_NEAR)
+    placed: list[_Standing] = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        for _attempt in range(30):
+            label = int(rng.integers(len(SHAPES_CLASSES)))
+            bottom = rng.uniform(top_bottom, size - 2)
+            perspective = S_NEAR * D_NEAR / float(ground_depth(bottom, size))
+            extent = perspective * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)
+            extent = float(np.clip(extent, MIN_SIZE, min(MAX_SIZE, bottom - horizon)))
+            angle = rng.uniform(0, 2 * math.pi) if SHAPES_CLASSES[label] != "square" else rng.uniform(-0.35, 0.35)
+            half = extent / 2 + 2
+            cx = rng.uniform(half, size - half)
+            # Outline the shape once at cy = 0 to learn how far its box reaches below its centre, then stand it on
+            # the ground: its box bottom, not its centre, is what lies at row `bottom`.
+            _, box = _outline(SHAPES_CLASSES[label], cx, 0.0, extent, angle)
+            cy = bottom - box[3]
+            polygon, box = _outline(SHAPES_CLASSES[label], cx, cy, extent, angle)
+            if all(_overlap_over_smaller(box, other.box) <= MAX_COVERED for other in placed):
+                break
+        else:
+            continue
+        placed.append(_Standing(bottom, label, cx, cy, extent, polygon, box))
+    placed.sort(key=lambda shape: shape.bottom)  # far (small bottom row) to near
+    mask = np.zeros((size, size), np.uint8)
+    airlight_grey = np.full(3, np.mean(AIRLIGHT_RANGE) * 255)
+    for shape in placed:
+        # Fog pulls a far object and the farther ground behind it towards the airlight, by different amounts; a
+        # colour near the airlight's grey would then fade into the ground, so it keeps away from that grey too.
+        fill = _contrasting_colour(rng, image, shape.box, airlight_grey)
+        _paint(image, shape.polygon, shape.cx, shape.cy, shape.extent, fill)
+        mask[:] = 0
+        _paint(mask, shape.polygon, shape.cx, shape.cy, shape.extent, (255,))
+        depth[mask > 127] = ground_depth(shape.bottom, size)  # pixels mostly covered by the shape take its depth
+    boxes = np.clip(np.array([shape.box for shape in placed], np.float32).reshape(-1, 4), 0, size - 1)
+    return image, boxes, np.array([shape.label for shape in placed], np.int64), depth
+
+
+def add_fog(image: np.ndarray, depth: np.ndarray, beta: float, airlight: float) -> np.ndarray:
+    """Render homogeneous fog with Koschmieder's law, as Foggy Cityscapes does (Sakaridis et al., "Semantic Foggy
+    Scene Understanding with Synthetic Data", IJCV 2018):
+
+        I = J * t + A * (1 - t),  t = exp(-beta * d)
+
+    Args:
+        image (ndarray[H, W, 3] uint8): J, the fog-free image.
+        depth (ndarray[H, W] float): d, the distance from the camera in metres, >= 0.
+        beta: the attenuation coefficient in 1/m (Foggy Cityscapes: 0.005, 0.01, 0.02; visibility = ln(20) / beta).
+        airlight: A, the atmospheric light's grey level in [0, 255], the same in every channel.
+
+    Returns:
+        ndarray[H, W, 3] uint8: I, rounded and clipped; equal to ``image`` where t = 1, ``airlight`` where t -> 0.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"add_fog needs a uint8 [H, W, 3] image, got {image.dtype} {list(image.shape)}")
+    if depth.shape != image.shape[:2]:
+        raise ValueError(
+            f"add_fog needs a depth map of the image's size {list(image.shape[:2])}, got {list(depth.shape)}"
+        )
+    transmission = np.exp(-beta * depth.astype(np.float64))[..., None]  # [H, W, 1]
+    foggy = image.astype(np.float64) * transmission + airlight * (1 - transmission)  # [H, W, 3]
+    return np.clip(np.round(foggy), 0, 255).astype(np.uint8)
+
+
+def fog_airlight(seed: int, split: str, index: int) -> float:
+    """The atmospheric light of image ``index`` of ``split``: a grey level in ``AIRLIGHT_RANGE`` * 255, drawn from its
+    own generator so that the clean scenes, drawn from (seed, split, index), are the same for every fog."""
+    rng = np.random.default_rng((seed, SPLITS[split], index, _AIRLIGHT_STREAM))
+    return float(rng.uniform(*AIRLIGHT_RANGE) * 255)
+
+
+def generate(
+    out: str | Path, num_train: int, num_test: int, seed: int = 0, size: int = 300, fog: float | None = None
+) -> dict[str, int]:
+    """Write the dataset under ``out``; returns the number of objects per class.
+
+    Without ``fog``, one VOC folder of :func:`draw_sample` images. With ``fog`` (beta in 1/m), two folders with the
+    same :func:`draw_scene` scenes, annotations and split files: ``out/clean`` and ``out/foggy`` (the scenes under
+    :func:`add_fog`), and ``out/fog.json`` with beta and the constants that made them.
+    """
     out = Path(out)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    roots = [out] if fog is None else [out / "clean", out / "foggy"]
+    for root in roots:
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(SHAPES_CLASSES, 0)
     for split, count in (("trainval", num_train), ("test", num_test)):
         ids = []
         for index in range(count):
             rng = np.random.default_rng((seed, SPLITS[split], index))
-            image, boxes, labels = draw_sample(rng, size)
+            if fog is None:
+                image, boxes, labels = draw_sample(rng, size)
+                images = [image]
+            else:
+                image, boxes, labels, depth = draw_scene(rng, size)
+                images = [image, add_fog(image, depth, fog, fog_airlight(seed, split, index))]
             image_id = f"{split}_{index:06d}"
-            if not cv2.imwrite(str(out / "JPEGImages" / f"{image_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-                raise OSError(f"could not write {out / 'JPEGImages' / image_id}.jpg")
             objects = [(SHAPES_CLASSES[label], box) for label, box in zip(labels, boxes, strict=True)]
-            write_voc_annotation(
-                out / "Annotations" / f"{image_id}.xml", f"{image_id}.jpg", size, size, objects, folder="shapes"
-            )
+            for root, picture in zip(roots, images, strict=True):
+                path = root / "JPEGImages" / f"{image_id}.jpg"
+                if not cv2.imwrite(str(path), picture, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                    raise OSError(f"could not write {path}")
+                write_voc_annotation(
+                    root / "Annotations" / f"{image_id}.xml", f"{image_id}.jpg", size, size, objects, folder="shapes"
+                )
             for label in labels:
                 counts[SHAPES_CLASSES[label]] += 1
             ids.append(image_id)
-        (out / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    (out / "classes.txt").write_text("".join(f"{name}\n" for name in SHAPES_CLASSES))
+        for root in roots:
+            (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    for root in roots:
+        (root / "classes.txt").write_text("".join(f"{name}\n" for name in SHAPES_CLASSES))
+    if fog is not None:
+        (out / "fog.json").write_text(json.dumps(fog_settings(fog, seed, size), indent=2) + "\n")
     return counts
+
+
+def fog_settings(beta: float, seed: int, size: int) -> dict[str, object]:
+    """What ``fog.json`` records: enough to state the fog in a table and to redraw the images."""
+    return {
+        "beta_per_m": beta,
+        "visibility_m": math.log(20) / beta,  # the meteorological optical range, where contrast falls to 5%
+        "law": "I = J*t + A*(1 - t), t = exp(-beta*d) (Koschmieder; Sakaridis et al., IJCV 2018)",
+        "airlight_range": list(AIRLIGHT_RANGE),  # fractions of 255, one grey level per image
+        "horizon": HORIZON,
+        "d_near_m": D_NEAR,
+        "d_max_m": D_MAX,
+        "s_near_px": S_NEAR,
+        "size_jitter": SIZE_JITTER,
+        "object_size_px": [MIN_SIZE, MAX_SIZE],
+        "generator_version": FOG_GENERATOR_VERSION,
+        "seed": seed,
+        "size": size,
+    }
 
 
 def write_video(
@@ -218,6 +420,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     parser.add_argument("--size", type=bounded(int, MAX_SIZE + 8, MAX_IMAGE_SIZE), default=300,
                         help="image side in pixels")  # fmt: skip
+    parser.add_argument("--fog", type=bounded(float, 0, 1, low_open=True), default=None, metavar="BETA",
+                        help="write OUT/clean and OUT/foggy, the same ground-plane scenes without and with fog of "
+                             "this attenuation (1/m; Foggy Cityscapes uses 0.005, 0.01, 0.02)")  # fmt: skip
     parser.add_argument("--video", default=None, help="also write a clip of moving shapes to this .mp4 file")
     parser.add_argument("--frames", type=POSITIVE_INT, default=60, help="frames of the --video clip (12 fps)")
     return parser
@@ -236,8 +441,14 @@ def main(args: argparse.Namespace) -> int:
                 "same-named files there"
             )
     if args.train or args.test:
-        counts = generate(args.out, args.train, args.test, args.seed, args.size)
-        print(f"wrote {args.train} train and {args.test} test images to {args.out}; objects: {counts}")
+        counts = generate(args.out, args.train, args.test, args.seed, args.size, args.fog)
+        if args.fog is None:
+            print(f"wrote {args.train} train and {args.test} test images to {args.out}; objects: {counts}")
+        else:
+            print(
+                f"wrote {args.train} train and {args.test} test images each to {out / 'clean'} and {out / 'foggy'} "
+                f"(fog beta {args.fog}, {out / 'fog.json'}); objects in each: {counts}"
+            )
     if args.video:
         print(f"wrote {write_video(args.video, args.frames, seed=args.seed)} ({args.frames} frames)")
     return 0
