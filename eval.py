@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from data.build import build_dataset
 from layers.detection import SSD_PYTORCH_SETTINGS
-from utils.checkpoint import require_classes
+from utils.adaptation import adapt_batchnorm
+from utils.checkpoint import load_detector, require_classes
 from utils.cli import (
     POSITIVE_INT,
     add_dataset_flags,
@@ -34,7 +36,7 @@ from utils.cli import (
     run_cli,
 )
 from utils.evaluation import METRICS, default_metric, evaluate, format_table, save_outputs
-from utils.predict import Predictor, load_runner
+from utils.predict import Predictor, TorchRunner, load_runner
 from utils.runs import check_writable, increment_run_dir, select_device
 from utils.voc_eval import DEVKIT, SSD_PYTORCH
 
@@ -49,7 +51,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", choices=METRICS, default=None, help="default: coco for COCO, else voc07")
     parser.add_argument("--ssd_pytorch", action="store_true",
                         help="score as ssd.pytorch's eval.py did (continuous IoU, detections 1 px off; Detect top_k 200, no cap)")  # fmt: skip
-    parser.add_argument("--iou_thresh", type=bounded(float, 0, 1, low_open=True), default=0.5, help="IoU at which a detection matches")
+    parser.add_argument(
+        "--iou_thresh", type=bounded(float, 0, 1, low_open=True), default=0.5, help="IoU at which a detection matches"
+    )
+    parser.add_argument("--adabn", default=None, metavar="DIR",
+                        help="AdaBN: first re-estimate the BatchNorm statistics on the trainval images of this "
+                             "VOC-format folder (the target domain; its annotations are not read)")  # fmt: skip
     add_detect_flags(parser)
     parser.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="images per forward pass")
     add_workers_flag(parser)
@@ -62,7 +69,17 @@ def main(args: argparse.Namespace) -> int:
     preset = dataset_preset(args)
     check_writable(args.project)  # before the detection work, not after it
     device = select_device(args.device)
-    runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp)
+    if args.adabn:
+        if Path(args.weights).suffix.lower() in (".onnx", ".pt2"):
+            raise ValueError(
+                f"--adabn changes a network's BatchNorm statistics; give the checkpoint, not {args.weights}"
+            )
+        model, info = load_detector(args.weights, device, raw_weights(args, preset))
+        seen = adapt_batchnorm(model, info, args.adabn, args.batch_size, args.num_workers, device)
+        logger.info("adabn: BatchNorm statistics re-estimated on %d images of %s", seen, args.adabn)
+        runner = TorchRunner(model, info, args.amp, cuda_graph=True)
+    else:
+        runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp)
     info = runner.info
     require_classes(info, preset.class_names, args.weights)
     if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):
@@ -80,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     out_dir = increment_run_dir(args.project, args.name)
     run_settings = {"weights": str(args.weights), "dataset": preset.name, "dataset_root": str(args.dataset_root),
                     "metric": metric, "convention": "ssd.pytorch" if args.ssd_pytorch else "devkit",
-                    "iou_thresh": args.iou_thresh, **settings.to_dict()}  # fmt: skip
+                    "iou_thresh": args.iou_thresh, "adabn": args.adabn, **settings.to_dict()}  # fmt: skip
     save_outputs(out_dir, result, dataset, run_settings)
     print(format_table(result))
     if "coco" in result:

@@ -472,16 +472,25 @@ class SSD(nn.Module):
             loc_preds (Tensor[B, P, 4]): box regression offsets, to be decoded against ``self.priors``.
             conf_preds (Tensor[B, P, C]): class logits (no softmax).
         """
+        return self.heads(self.sources(x))
+
+    def heads(self, sources: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The loc and conf heads on the source feature maps of :meth:`sources` (``forward`` is
+        ``heads(sources(x))``; domain adaptation reads the maps in between)."""
         loc_parts: list[Tensor] = []
         conf_parts: list[Tensor] = []
-        for feature, loc_head, conf_head in zip(self.sources(x), self.loc, self.conf, strict=True):
+        for feature, loc_head, conf_head in zip(sources, self.loc, self.conf, strict=True):
             # [B, A*4, H, W] -> [B, H, W, A*4]: prior order is row, column, box shape (see prior_boxes).
             loc_parts.append(loc_head(feature).permute(0, 2, 3, 1).flatten(1))
             conf_parts.append(conf_head(feature).permute(0, 2, 3, 1).flatten(1))
-        batch_size = x.shape[0]
+        batch_size = sources[0].shape[0]
         loc_preds = torch.cat(loc_parts, dim=1).view(batch_size, -1, 4)  # [B, P, 4]
         conf_preds = torch.cat(conf_parts, dim=1).view(batch_size, -1, self.num_classes)  # [B, P, C]
         return loc_preds, conf_preds
+
+    def source_channels(self) -> list[int]:
+        """The channels of each source feature map, read from the heads' first convolutions."""
+        return [next(m for m in head.modules() if isinstance(m, nn.Conv2d)).in_channels for head in self.loc]
 
 
 def build_ssd(

@@ -16,8 +16,10 @@ import sys
 
 import torch
 
+from data.config import DATASETS
 from layers.prior_box import PRIOR_FAMILIES
 from ssd import BACKBONES, SIZES
+from utils.adaptation import DA_METHODS
 from utils.augmentations import CROP_SAMPLERS, PIXEL_NORMS
 from utils.cli import (
     NON_NEGATIVE_FLOAT,
@@ -67,6 +69,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--finetune", default=None,
                        help="detector checkpoint to start from, all but its conf heads; a checkpoint of this project "
                             "(or converted from torchvision) brings its network, preprocessing and test settings")  # fmt: skip
+    adapt = parser.add_argument_group("domain adaptation (README, 'Domain adaptation')")
+    adapt.add_argument("--target_root", default=None,
+                       help="VOC-format folder of the unlabeled target domain: its trainval images (annotations never "
+                            "read) feed --da, and its test split is evaluated beside the source's")  # fmt: skip
+    adapt.add_argument("--target_dataset", choices=sorted(DATASETS) + ["Custom"], default=None,
+                       help="the target's dataset name (its classes must be the source's); default: --dataset")  # fmt: skip
+    adapt.add_argument("--da", nargs="+", choices=DA_METHODS, default=None,
+                       help="methods: grl (adversarial alignment), mean_teacher (pseudo-labels), adabn (target "
+                            "BatchNorm statistics); grl and mean_teacher combine")  # fmt: skip
+    adapt.add_argument("--grl_weight", type=POSITIVE_FLOAT, default=0.1, help="grl: weight of the domain loss, whose gradient the detector receives reversed (DA-Faster: 0.1)")  # fmt: skip
+    adapt.add_argument("--grl_levels", type=POSITIVE_INT, default=2, help="grl: image-level domain classifiers on this many source maps from conv4_3")  # fmt: skip
+    adapt.add_argument("--swda", action="store_true", help="grl: SWDA's local (conv4_3) and focal global (fc7) classifiers instead")  # fmt: skip
+    adapt.add_argument("--ema_decay", type=bounded(float, 0, 1, high_open=True), default=0.9996, help="mean_teacher: the teacher's EMA keep rate per step")  # fmt: skip
+    adapt.add_argument("--pseudo_threshold", type=bounded(float, 0, 1, high_open=True), default=0.8, help="mean_teacher: a teacher detection above this score is a pseudo-label")  # fmt: skip
+    adapt.add_argument("--unsup_weight", type=NON_NEGATIVE_FLOAT, default=1.0, help="mean_teacher: weight of the pseudo-label loss")  # fmt: skip
+    adapt.add_argument("--burn_in", type=NON_NEGATIVE_INT, default=0, help="mean_teacher: source-only iterations before the teacher is copied from the student")  # fmt: skip
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--end_epoch", "--epochs", dest="end_epoch", type=POSITIVE_INT, default=100)
     optim.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="global batch, split over processes")
@@ -76,11 +94,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight_decay", type=NON_NEGATIVE_FLOAT, default=5e-4)
     optim.add_argument("--schedule", choices=["cosine", "multistep", "paper_voc"], default="cosine",
                        help="paper_voc: lr 1e-3, x0.1 at 80k and 100k of 120k iterations of 32 images, in epochs")  # fmt: skip
-    optim.add_argument("--milestones", type=POSITIVE_INT, nargs="*", default=[], help="multistep: epochs of the x gamma drops")
+    optim.add_argument(
+        "--milestones", type=POSITIVE_INT, nargs="*", default=[], help="multistep: epochs of the x gamma drops"
+    )
     optim.add_argument("--gamma", type=POSITIVE_FLOAT, default=0.1)
     optim.add_argument("--warmup_epochs", type=NON_NEGATIVE_FLOAT, default=None,
                        help="linear lr warmup; default 1 epoch, none with --schedule paper_voc (the paper has none)")  # fmt: skip
-    optim.add_argument("--max_grad_norm", type=NON_NEGATIVE_FLOAT, default=0.0, help="clip gradients to this norm (0: off)")
+    optim.add_argument(
+        "--max_grad_norm", type=NON_NEGATIVE_FLOAT, default=0.0, help="clip gradients to this norm (0: off)"
+    )
     optim.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
     optim.add_argument("--fused_optimizer", action="store_true",
                        help="one fused kernel for the whole optimizer step (a GPU lever; the same update up to rounding)")  # fmt: skip
@@ -88,13 +110,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_device_flags(run)
     add_workers_flag(run)
     run.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
+    run.add_argument("--sync_bn", action="store_true",
+                     help="with torchrun: BatchNorm statistics over the global batch, so N processes train as one")  # fmt: skip
     run.add_argument("--resume", default=None, help="a last.pth, or 'auto' for the newest under --project")
-    run.add_argument("--save_period", type=POSITIVE_INT, default=1, help="save last.pth every N epochs (and at the end)")
+    run.add_argument(
+        "--save_period", type=POSITIVE_INT, default=1, help="save last.pth every N epochs (and at the end)"
+    )
     run.add_argument("--eval_interval", type=NON_NEGATIVE_INT, default=1, help="evaluate every N epochs (0: never)")
     run.add_argument("--eval_batch_size", type=POSITIVE_INT, default=32)
-    run.add_argument("--eval_metric", choices=METRICS, default=None, help="default: the dataset's (coco for COCO, else voc07)")
     run.add_argument(
-        "--epochs_per_run", type=NON_NEGATIVE_INT, default=0, help="stop after N epochs and save, for time-limited jobs (0: off)"
+        "--eval_metric", choices=METRICS, default=None, help="default: the dataset's (coco for COCO, else voc07)"
+    )
+    run.add_argument(
+        "--epochs_per_run",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        help="stop after N epochs and save, for time-limited jobs (0: off)",
     )
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (if installed)")
     add_run_flags(run, "runs/train")

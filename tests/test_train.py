@@ -356,7 +356,7 @@ def test_fused_optimizer_makes_the_same_update(optimizer: str) -> None:
         torch.manual_seed(0)
         model = build_ssd(300, 3, width=0.125, batch_norm=True)
         args = parser.parse_args(["--optimizer", optimizer, "--lr", "0.01", *(["--fused_optimizer"] if fused else [])])
-        optimizer_ = build_optimizer(args, model)
+        optimizer_ = build_optimizer(args, list(model.parameters()))
         assert optimizer_.defaults.get("fused") == (True if fused else None)
         g = torch.Generator().manual_seed(1)
         for _ in range(3):

@@ -26,6 +26,7 @@ SSD by default (``crop_samplers="paper"``) or ssd.pytorch (``"ssd_pytorch"``); s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -458,4 +459,74 @@ class SSDAugmentation:
         if rng.random() < 0.5:
             order = _CHANNEL_ORDERS[int(rng.integers(len(_CHANNEL_ORDERS)))]
             image = image[:, :, order]
+        return image
+
+
+# Unbiased Teacher's strong augmentation (Liu et al., ICLR 2021, appendix; Adaptive Teacher uses the same) erases
+# three rectangles with these (probability, area range, aspect range), each filled with noise.
+CUTOUT_STEPS: tuple[tuple[float, tuple[float, float], tuple[float, float]], ...] = (
+    (0.7, (0.05, 0.2), (0.3, 3.3)),
+    (0.5, (0.02, 0.2), (0.1, 6.0)),
+    (0.3, (0.02, 0.2), (0.05, 8.0)),
+)
+
+
+class TargetViews:
+    """The views of an unlabeled target image for domain adaptation: no boxes in, none out.
+
+    The weak view is the image resized to ``size`` and mirrored with probability 1/2. The strong view is the weak
+    view with photometric changes only (SSD's colour distortion, greyscale with probability 0.2, a Gaussian blur
+    of sigma 0.1-2 with probability 0.5, and :data:`CUTOUT_STEPS`), so a box found on the weak view lies at the
+    same place on the strong one (Adaptive Teacher's weak/strong pair, Li et al., CVPR 2022, §3.2).
+
+    Args:
+        size, mean, std: as :class:`BaseTransform`.
+        strong: also return the strong view.
+        flip: mirror the weak view with probability 1/2 (off: the weak view is the test-time input).
+
+    ``__call__(image, rng)`` takes uint8 [H, W, 3] BGR and returns float32 [V, 3, size, size], V = 2 with
+    ``strong`` (weak, strong), else 1.
+    """
+
+    def __init__(
+        self,
+        size: int = 300,
+        mean: tuple[float, ...] = CAFFE_MEAN_BGR,
+        std: tuple[float, ...] | None = None,
+        strong: bool = False,
+        flip: bool = True,
+    ) -> None:
+        self.size = size
+        self.flip = flip
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.inv_std = None if std is None else 1.0 / np.asarray(std, dtype=np.float32)
+        self.strong = strong
+        self._distort = SSDAugmentation(size, mean, std)  # its photometric step only
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        weak = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        if self.flip and rng.random() < 0.5:
+            weak = cv2.flip(weak, 1)
+        views = [weak]
+        if self.strong:
+            views.append(self.strong_view(weak, rng))
+        return np.stack([_to_output(view, self.mean, self.inv_std, self.size) for view in views])
+
+    def strong_view(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Photometric changes of a uint8 [h, w, 3] BGR image; no pixel moves."""
+        image = self._distort.photometric(image, rng).copy()  # may be ``image`` itself, which stays the weak view
+        if rng.random() < 0.2:
+            image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        if rng.random() < 0.5:
+            image = cv2.GaussianBlur(image, (0, 0), sigmaX=rng.uniform(0.1, 2.0))
+        height, width = image.shape[:2]
+        for probability, (area_low, area_high), (aspect_low, aspect_high) in CUTOUT_STEPS:
+            if rng.random() >= probability:
+                continue
+            area = rng.uniform(area_low, area_high) * height * width
+            aspect = math.exp(rng.uniform(math.log(aspect_low), math.log(aspect_high)))
+            h = min(height, max(1, int(round(math.sqrt(area * aspect)))))
+            w = min(width, max(1, int(round(math.sqrt(area / aspect)))))
+            y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            image[y : y + h, x : x + w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         return image

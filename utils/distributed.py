@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,56 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose training statistics cover the whole process group, for CPU tensors (gloo), where
+    ``torch.nn.SyncBatchNorm`` refuses to run. The mean and variance come from all-reduced sums (differentiable,
+    ``torch.distributed.nn``), so N processes normalise, and back-propagate, exactly as one process with their
+    concatenated batch would; the running statistics are updated with the global batch's as well."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # differentiable collectives
+
+        local = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        count = all_reduce(local)  # [1], elements per channel in the global batch
+        mean = all_reduce(x.sum(dim=(0, 2, 3))) / count  # [C]
+        centred = x - mean[None, :, None, None]
+        var = all_reduce((centred * centred).sum(dim=(0, 2, 3))) / count  # [C], biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """``--sync_bn``: every BatchNorm2d of ``module`` normalises over the global batch of all processes (so N
+    processes train as one): ``torch.nn.SyncBatchNorm`` for a module on a GPU, :class:`GlooSyncBatchNorm` on a CPU.
+    Parameters and buffers are the same tensors (state_dict keys unchanged)."""
+    if next(module.parameters()).device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    _replace_batchnorm(module)
+    return module
+
+
+def _replace_batchnorm(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                            child.track_running_stats)  # fmt: skip
+            replacement.weight, replacement.bias = child.weight, child.bias
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(replacement, buffer, getattr(child, buffer))
+            replacement.train(child.training)
+            setattr(module, name, replacement)
+        else:
+            _replace_batchnorm(child)

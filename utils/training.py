@@ -13,10 +13,12 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -25,10 +27,12 @@ from data.base import DetectionDataset, detection_collate
 from data.build import build_dataset
 from data.config import DatasetPreset, get_preset
 from data.sampler import EpochSampler
+from data.unlabeled import ContinuingSampler, UnlabeledImages
 from layers.multibox_loss import MultiBoxLoss
 from layers.prior_box import PRIOR_CONFIGS
 from ssd import BACKBONES, SSD, ModelConfig, build_ssd
-from utils.augmentations import PIXEL_NORMS, SSDAugmentation
+from utils.adaptation import TARGET_SPLIT, AdaptationConfig, DomainAdaptation, recompute_batchnorm
+from utils.augmentations import PIXEL_NORMS, SSDAugmentation, TargetViews
 from utils.checkpoint import (
     DetectorInfo,
     detector_info,
@@ -37,7 +41,7 @@ from utils.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from utils.distributed import DistInfo, all_reduce_sum
+from utils.distributed import DistInfo, all_reduce_sum, convert_sync_batchnorm
 from utils.evaluation import default_metric, evaluate
 from utils.plots import plot_training
 from utils.predict import Predictor
@@ -54,6 +58,7 @@ OPERATIONAL_ARGS = ("device", "num_workers", "verbose")
 # Arguments added since checkpoints were first written, with the value those checkpoints trained with where it
 # is not the new default: an older run resumes as it started.
 FORMER_DEFAULTS = {"crop_samplers": "ssd_pytorch"}
+
 # Each backbone's ImageNet base as its usual source names the file (README, "Weights"), and the input normalisation
 # (utils.augmentations.PIXEL_NORMS) those weights expect: the --basenet and --pixel_norm defaults.
 BASE_NETWORKS: dict[str, tuple[str, str]] = {
@@ -190,14 +195,15 @@ def build_model(args: argparse.Namespace, preset: DatasetPreset) -> tuple[SSD, D
     return model, info
 
 
-def build_optimizer(args: argparse.Namespace, model: SSD) -> torch.optim.Optimizer:
-    """SGD or AdamW; ``--fused_optimizer`` updates every parameter in one fused kernel (the same update up to
-    float rounding; fewer launches on a GPU). Checkpoints written before the flag resume unfused."""
+def build_optimizer(args: argparse.Namespace, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``parameters`` (the detector's, then any domain classifiers'); ``--fused_optimizer``
+    updates every parameter in one fused kernel (the same update up to float rounding; fewer launches on a GPU).
+    Checkpoints written before the flag resume unfused."""
     fused = getattr(args, "fused_optimizer", False) or None
     if args.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        return torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                                fused=fused)  # fmt: skip
-    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=fused)
+    return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
 
 
 def warmup_epochs(args: argparse.Namespace) -> float:
@@ -273,9 +279,32 @@ def check_new_run_flags(args: argparse.Namespace, typed: frozenset[str]) -> None
     if args.finetune and "basenet" in typed:
         raise ValueError(f"--finetune {args.finetune} starts from a whole detector (all but its conf heads), so "
                          f"--basenet {args.basenet} would be ignored; give one of them")  # fmt: skip
+    check_adaptation_flags(args, typed)
     if args.schedule == "paper_voc" and "warmup_epochs" in typed and args.warmup_epochs > 0:
         logger.info("--schedule paper_voc with --warmup_epochs %g: a warmup the paper's schedule does not have",
                     args.warmup_epochs)  # fmt: skip
+
+
+# Each method's hyperparameter flags (a typed one without its method would be ignored).
+METHOD_FLAGS = {
+    "grl": ("grl_weight", "grl_levels", "swda"),
+    "mean_teacher": ("ema_decay", "pseudo_threshold", "unsup_weight", "burn_in"),
+}
+
+
+def check_adaptation_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
+    """Refuse domain adaptation flags that would be ignored."""
+    methods = getattr(args, "da", None) or []
+    if methods and not getattr(args, "target_root", None):
+        raise ValueError(f"--da {' '.join(methods)} adapts to unlabeled target images: give their VOC-format folder "
+                         "with --target_root")  # fmt: skip
+    if "target_dataset" in typed and not getattr(args, "target_root", None):
+        raise ValueError("--target_dataset names the dataset of --target_root; give --target_root too")
+    for method, names in METHOD_FLAGS.items():
+        for name in sorted(typed & set(names)):
+            if method not in methods:
+                raise ValueError(f"--{name} is a setting of --da {method}, which this run does not use; drop it or "
+                                 f"add {method} to --da")  # fmt: skip
 
 
 def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Path) -> dict[str, Any]:
@@ -317,6 +346,29 @@ def build_train_loader(
     return dataset, sampler, loader
 
 
+def target_preset(args: argparse.Namespace, source: DatasetPreset) -> DatasetPreset:
+    """The preset of ``--target_dataset`` (default: the source's); its classes must be the source's."""
+    preset = get_preset(args.target_dataset or source.name, args.classes)
+    if preset.class_names != source.class_names:
+        raise ValueError(f"--target_dataset {preset.name} has classes {list(preset.class_names)} but --dataset "
+                         f"{source.name} has {list(source.class_names)}; adaptation needs the same classes")  # fmt: skip
+    return preset
+
+
+def build_target_loader(
+    args: argparse.Namespace, info: DetectorInfo, views: int, dist: DistInfo, device: torch.device
+) -> tuple[ContinuingSampler, DataLoader]:
+    """The unlabeled target images of ``--target_root`` (its trainval split; annotations never opened), in batches of
+    ``--batch_size`` split over the processes as the source's, in an order fixed by the training step."""
+    preprocess = info.preprocess
+    transform = TargetViews(info.config.size, preprocess.mean, preprocess.std, strong=views == 2)
+    dataset = UnlabeledImages([(args.target_root, TARGET_SPLIT)], transform, args.seed + 1)
+    sampler = ContinuingSampler(len(dataset), args.batch_size, args.seed + 1, dist.world_size, dist.rank)
+    loader = DataLoader(dataset, args.batch_size // dist.world_size, sampler=sampler, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda", drop_last=True)  # fmt: skip
+    return sampler, loader
+
+
 class Trainer:
     """Holds what one training run owns and runs it epoch by epoch.
 
@@ -348,11 +400,25 @@ class Trainer:
             self.info = detector_info(checkpoint)
             self.model = SSD(self.info.config)
         self.model.to(device)
+        if getattr(args, "sync_bn", False) and dist.enabled:
+            self.model = convert_sync_batchnorm(self.model)
         self.dataset, self.sampler, self.loader = build_train_loader(args, self.preset, self.info, dist, device)
         self.steps_per_epoch = len(self.dataset) // args.batch_size
+        self.target_preset = target_preset(args, self.preset) if getattr(args, "target_root", None) else None
+        self.adaptation = (
+            DomainAdaptation(AdaptationConfig.from_args(args), self.model) if getattr(args, "da", None) else None
+        )
+        self.target_sampler, self.target_loader = (None, None)
+        if self.adaptation is not None:
+            views = self.adaptation.target_views()
+            self.target_sampler, self.target_loader = build_target_loader(args, self.info, views, dist, device)
+            self.adaptation.network(self.model).to(device)
         self.memory_format = torch.preserve_format if args.no_channels_last else torch.channels_last
         self.model.to(memory_format=self.memory_format)
-        self.optimizer = build_optimizer(args, self.model)
+        parameters = list(self.model.parameters())
+        if self.adaptation is not None:
+            parameters += list(self.adaptation.parameters())
+        self.optimizer = build_optimizer(args, parameters)
         self.epochs, schedule = resolve_schedule(args, len(self.dataset), self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
         self.amp_dtype = mixed_precision_dtype(device) if args.amp else None
@@ -361,15 +427,22 @@ class Trainer:
         self.epoch, self.epoch_step, self.iteration, self.best_map = 0, 0, 0, None
         # The running loss sums, step count and time of the current epoch: a checkpoint saved mid-epoch keeps
         # them, so the resumed epoch logs the mean over all its steps.
-        self.epoch_sums, self.epoch_steps, self.epoch_time = torch.zeros(2, dtype=torch.float64), 0, 0.0
+        self.term_names = self.adaptation.term_names() if self.adaptation is not None else ("loss_l", "loss_c")
+        self.epoch_sums = torch.zeros(len(self.term_names), dtype=torch.float64)
+        self.epoch_steps, self.epoch_time = 0, 0.0
         if checkpoint is not None:
             self.load_state(checkpoint)
 
         ddp_args = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        self.net = DistributedDataParallel(self.model, **ddp_args) if dist.enabled else self.model
+        network = self.adaptation.network(self.model) if self.adaptation is not None else self.model
+        self.net = DistributedDataParallel(network, **ddp_args) if dist.enabled else network
         normalizer = (lambda n: all_reduce_sum(n).clamp(min=1) / dist.world_size) if dist.enabled else None
         self.criterion = MultiBoxLoss(self.preset.num_classes, normalizer=normalizer)
-        self.test_dataset = self.build_test_dataset() if dist.is_main and args.eval_interval > 0 else None
+        evaluates = dist.is_main and args.eval_interval > 0
+        self.test_dataset = self.build_test_dataset(self.preset, args.dataset_root) if evaluates else None
+        self.target_test_dataset = None
+        if evaluates and self.target_preset is not None:
+            self.target_test_dataset = self.build_test_dataset(self.target_preset, args.target_root)
         self.records: list[dict] = []
         self.stop_requested = False
         self.run_dir: Path | None = None
@@ -384,12 +457,12 @@ class Trainer:
                 self.records = [r for r in map(json.loads, log.read_text().splitlines()) if r["epoch"] <= self.epoch]
                 log.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
-    def build_test_dataset(self) -> DetectionDataset | None:
+    def build_test_dataset(self, preset: DatasetPreset, root: str) -> DetectionDataset | None:
         try:
             transform = self.info.preprocess.transform(self.info.config.size)
-            return build_dataset(self.preset, self.args.dataset_root, "test", transform)
+            return build_dataset(preset, root, "test", transform)
         except (FileNotFoundError, ValueError) as error:
-            logger.warning("no evaluation during training: %s", error)
+            logger.warning("no evaluation on %s during training: %s", root, error)
             return None
 
     def open_tensorboard(self):  # noqa: ANN201 - SummaryWriter is optional
@@ -415,6 +488,7 @@ class Trainer:
             "epoch_time": self.epoch_time,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items() if k != "typed_flags"},
             "rng": rng_states(),
+            **({"adaptation": self.adaptation.state_dict()} if self.adaptation is not None else {}),
         }
 
     def load_state(self, checkpoint: dict) -> None:
@@ -424,6 +498,8 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.epoch_step = int(checkpoint["epoch"]), int(checkpoint["epoch_step"])
         self.iteration, self.best_map = int(checkpoint["iteration"]), checkpoint["best_map"]
+        if self.adaptation is not None:
+            self.adaptation.load_state_dict(checkpoint["adaptation"], self.model)
         if "epoch_sums" in checkpoint:  # older checkpoints: the resumed epoch's log covers its new steps only
             self.epoch_sums = checkpoint["epoch_sums"].to(torch.float64)
             self.epoch_steps, self.epoch_time = int(checkpoint["epoch_steps"]), float(checkpoint["epoch_time"])
@@ -437,28 +513,44 @@ class Trainer:
         save_checkpoint(path, self.model, self.info, **self.training_state())
         return path
 
-    def train_step(self, images: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        """One optimisation step; returns the process-averaged (loss_l, loss_c)."""
+    def train_step(
+        self, images: torch.Tensor, targets: list[torch.Tensor], target_views: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One optimisation step; returns the process-averaged loss terms (``self.term_names``).
+
+        Args:
+            target_views (Tensor[B, V, 3, S, S] | None): unlabeled target images, with domain adaptation.
+        """
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = [t.to(self.device, non_blocking=True) for t in targets]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loc_preds, conf_preds = self.net(images)
-        loss_l, loss_c = self.criterion(loc_preds.float(), conf_preds.float(), self.model.priors, targets)
-        terms = all_reduce_sum(torch.stack([loss_l.detach(), loss_c.detach()])) / self.dist.world_size
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        if self.adaptation is not None:
+            losses = self.adaptation.losses(self.net, self.model, self.criterion, images, targets, target_views,
+                                            self.iteration, autocast)  # fmt: skip
+            parts = list(losses.values())
+        else:
+            with autocast:
+                loc_preds, conf_preds = self.net(images)
+            parts = list(self.criterion(loc_preds.float(), conf_preds.float(), self.model.priors, targets))
+        terms = all_reduce_sum(torch.stack([part.detach() for part in parts])) / self.dist.world_size
         if not torch.isfinite(terms).all():
+            values = ", ".join(f"{name}={value}" for name, value in zip(self.term_names, terms.tolist(), strict=True))
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {self.iteration} (epoch {self.epoch + 1}, lr "
-                f"{self.scheduler.get_last_lr()[0]:.3g}): loss_l={terms[0].item()}, loss_c={terms[1].item()}; "
+                f"{self.scheduler.get_last_lr()[0]:.3g}): {values}; "
                 "the last checkpoint is intact. Lower --lr, set --max_grad_norm, or check the data"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_l + loss_c).backward()
+        self.scaler.scale(torch.stack(parts).sum()).backward()
         if self.args.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]],
+                                           self.args.max_grad_norm)  # fmt: skip
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.adaptation is not None:
+            self.adaptation.after_step(self.model)
         return terms
 
     def train_epoch(self, bar: tqdm | None) -> dict:
@@ -466,9 +558,11 @@ class Trainer:
         self.dataset.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.loader.batch_size)
         start, steps_this_run = time.perf_counter() - self.epoch_time, 0
+        target_batches = self.target_batches()
         for images, targets in self.loader:
             lr = self.scheduler.get_last_lr()[0]
-            terms = self.train_step(images, targets).cpu()
+            target_views = next(target_batches)
+            terms = self.train_step(images, targets, target_views).cpu()
             self.epoch_sums += terms
             self.epoch_steps += 1
             steps_this_run += 1
@@ -488,29 +582,56 @@ class Trainer:
             if self.stop_requested:  # Ctrl-C: stop between steps, where the state is whole
                 raise KeyboardInterrupt
         means = (self.epoch_sums / max(self.epoch_steps, 1)).tolist()
-        record = {"epoch": self.epoch + 1, "iteration": self.iteration, "loss": means[0] + means[1], "loss_l": means[0],
-                  "loss_c": means[1], "lr": self.scheduler.get_last_lr()[0],
+        record = {"epoch": self.epoch + 1, "iteration": self.iteration, "loss": sum(means),
+                  **dict(zip(self.term_names, means, strict=True)), "lr": self.scheduler.get_last_lr()[0],
                   "images_per_s": self.epoch_steps * self.args.batch_size / max(self.epoch_time, 1e-9),
                   "time_s": self.epoch_time}  # fmt: skip
         if getattr(self.args, "length_changes", None):
             record["note"] = self.args.length_changes[-1]
-        self.epoch_sums, self.epoch_steps, self.epoch_time = torch.zeros(2, dtype=torch.float64), 0, 0.0
+        self.epoch_sums = torch.zeros(len(self.term_names), dtype=torch.float64)
+        self.epoch_steps, self.epoch_time = 0, 0.0
         return record
 
-    def evaluate(self) -> dict | None:
-        if self.test_dataset is None:
-            return None
+    def target_batches(self) -> Iterator[torch.Tensor | None]:
+        """The target batch of each remaining step of this epoch (None where a step takes none): the loader's
+        batches for the steps that use the target, in the order fixed by their iteration numbers."""
+        steps = range(self.iteration, self.iteration + self.steps_per_epoch - self.epoch_step)
+        using = [step for step in steps if self.adaptation is not None and self.adaptation.uses_target(step)]
+        if not using:
+            yield from (None for _ in steps)
+            return
+        # The steps that use the target are the last ones of the epoch (the burn-in comes first).
+        self.target_sampler.set_steps(using[0], len(using))
+        batches = iter(self.target_loader)
+        for step in steps:
+            yield next(batches) if step >= using[0] else None
+
+    def adapt_batchnorm(self) -> None:
+        """``--da adabn``: the BatchNorm statistics of the target's training images, on every process."""
+        if self.adaptation is None or "adabn" not in self.adaptation.methods:
+            return
+        self.target_sampler.set_steps(0, self.target_sampler.steps_per_cycle)  # every image once, in a fixed order
+        seen = recompute_batchnorm(self.model, self.target_loader, self.device)
+        logger.info("adabn: BatchNorm statistics re-estimated on %d target images", seen)
+
+    def evaluate(self) -> dict:
+        """The source test split's ``map`` and ``ap`` (best.pth is chosen on them) and, with ``--target_root``, the
+        target test split's ``target_map`` and ``target_ap`` (reported only: the target's labels choose nothing)."""
         metric = self.args.eval_metric or default_metric(self.preset.name)
         predictor = Predictor.for_model(self.model, self.info)
-        result = evaluate(predictor, self.test_dataset, self.args.eval_batch_size, self.args.num_workers, metric,
-                          progress=False)  # fmt: skip
-        return {"map": result["map"], "ap": result["ap"]}
+        scores = {}
+        for prefix, dataset in (("", self.test_dataset), ("target_", self.target_test_dataset)):
+            if dataset is not None:
+                result = evaluate(predictor, dataset, self.args.eval_batch_size, self.args.num_workers, metric,
+                                  progress=False)  # fmt: skip
+                scores.update({f"{prefix}map": result["map"], f"{prefix}ap": result["ap"]})
+        return scores
 
     def end_epoch(self, record: dict) -> None:
         """Evaluate, save and log, on the main process."""
         finished = self.epoch == self.epochs
         if self.args.eval_interval > 0 and (self.epoch % self.args.eval_interval == 0 or finished):
-            record.update(self.evaluate() or {})
+            record.update(self.evaluate())
         mean_ap = record.get("map")
         if mean_ap is not None and not np.isnan(mean_ap) and (self.best_map is None or mean_ap > self.best_map):
             self.best_map = mean_ap
@@ -521,13 +642,15 @@ class Trainer:
         with (self.run_dir / "log.txt").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         self.write_results()
-        message = f"epoch {record['epoch']}/{self.epochs}: loss {record['loss']:.4f} (loc {record['loss_l']:.4f}, conf {record['loss_c']:.4f}), {record['images_per_s']:.1f} img/s"
-        logger.info(message + (f", mAP {mean_ap:.4f}" if mean_ap is not None else ""))
+        terms = ", ".join(f"{name[5:]} {record[name]:.4f}" for name in self.term_names)
+        message = f"epoch {record['epoch']}/{self.epochs}: loss {record['loss']:.4f} ({terms}), {record['images_per_s']:.1f} img/s"
+        message += f", mAP {mean_ap:.4f}" if mean_ap is not None else ""
+        logger.info(message + (f", target mAP {record['target_map']:.4f}" if "target_map" in record else ""))
         if self.tensorboard is not None and mean_ap is not None:
             self.tensorboard.add_scalar("mAP", mean_ap, self.iteration)
 
     def write_results(self) -> None:
-        columns = ("epoch", "iteration", "loss", "loss_l", "loss_c", "lr", "images_per_s", "map")
+        columns = ("epoch", "iteration", "loss", *self.term_names, "lr", "images_per_s", "map", "target_map")
         rows = [",".join(columns)] + [
             ",".join("" if r.get(c) is None else str(r.get(c)) for c in columns) for r in self.records
         ]
@@ -567,6 +690,7 @@ class Trainer:
                     self.epoch, self.epoch_step = self.epoch + 1, 0
                     continue
                 record = self.train_epoch(bar)
+                self.adapt_batchnorm()
                 self.epoch, self.epoch_step = self.epoch + 1, 0
                 epochs_this_run += 1
                 if self.dist.is_main:

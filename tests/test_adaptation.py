@@ -1,0 +1,285 @@
+"""Domain adaptation: the gradient reversal layer, the domain classifiers, the target stream, the mean teacher,
+AdaBN, and train.py with --da on tiny generated sets (exact resume, two gloo processes, loading the checkpoints)."""
+
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import eval as eval_script
+import inference
+from data.shapes import generate
+from data.unlabeled import ContinuingSampler, UnlabeledImages
+from layers.detection import Detect
+from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
+from ssd import build_ssd
+from tests.test_train import args_for, losses, run_main
+from utils.adaptation import AdaptationConfig, DomainAdaptation, ema_update, pseudo_labels, recompute_batchnorm
+from utils.augmentations import TargetViews
+from utils.checkpoint import read_checkpoint
+from utils.cli import parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A labeled source set and a target folder without annotations (its images only)."""
+    root = tmp_path_factory.mktemp("da")
+    source, target = root / "source", root / "target"
+    generate(source, 8, 4, seed=2)
+    generate(target, 8, 4, seed=3)
+    shutil.rmtree(target / "Annotations")
+    return source, target
+
+
+def da_args(source: Path, target: Path, project: Path, *extra: str) -> list[str]:
+    return args_for(source, project, "--batch_norm", "--target_root", str(target), *extra)
+
+
+# --- layers ------------------------------------------------------------------------------------------------------
+
+
+def test_gradient_reversal_is_identity_forward_and_negated_scaled_backward() -> None:
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    weight = 0.37
+    y = grad_reverse(x, weight)
+    assert torch.equal(y, x)
+    upstream = torch.randn_like(x)
+    y.backward(upstream)
+    torch.testing.assert_close(x.grad, -weight * upstream, rtol=0, atol=0)
+
+
+def test_domain_classifier_output_shapes() -> None:
+    features = torch.randn(3, 32, 19, 19)
+    assert ImageDomainClassifier(32, hidden=16)(features).shape == (3, 1, 19, 19)
+    assert LocalDomainClassifier(32, hidden=16)(features).shape == (3, 1, 19, 19)
+    assert GlobalDomainClassifier(32, hidden=16).eval()(features).shape == (3, 1)
+
+
+def test_domain_losses_match_their_formulas() -> None:
+    torch.manual_seed(0)
+    domains = torch.tensor([0.0, 1.0, 1.0])
+    pixel_logits = torch.randn(3, 1, 2, 2)
+    expected_bce = np.mean([
+        -math.log(1 / (1 + math.exp(-z))) if d == 1 else -math.log(1 - 1 / (1 + math.exp(-z)))
+        for d, image in zip(domains.tolist(), pixel_logits, strict=True) for z in image.flatten().tolist()
+    ])  # fmt: skip
+    assert ImageDomainClassifier.loss(pixel_logits, domains).item() == pytest.approx(expected_bce, rel=1e-5)
+    expected_ls = np.mean([
+        (1 / (1 + math.exp(-z)) - d) ** 2
+        for d, image in zip(domains.tolist(), pixel_logits, strict=True) for z in image.flatten().tolist()
+    ])  # fmt: skip
+    assert LocalDomainClassifier.loss(pixel_logits, domains).item() == pytest.approx(expected_ls, rel=1e-5)
+    image_logits = torch.tensor([[2.0], [-1.0], [0.5]])
+    focal = []
+    for z, d in zip(image_logits.flatten().tolist(), domains.tolist(), strict=True):
+        p = 1 / (1 + math.exp(-z)) if d == 1 else 1 - 1 / (1 + math.exp(-z))  # probability of the true domain
+        focal.append(-((1 - p) ** 5) * math.log(p))
+    assert GlobalDomainClassifier(4).loss(image_logits, domains).item() == pytest.approx(np.mean(focal), rel=1e-5)
+
+
+# --- the target stream -------------------------------------------------------------------------------------------
+
+
+def test_target_images_never_open_annotations(domains: tuple[Path, Path]) -> None:
+    _, target = domains
+    assert not (target / "Annotations").exists()
+    dataset = UnlabeledImages([(target, "trainval")], TargetViews(64, strong=True), seed=1)
+    views = dataset[(2, 5)]
+    assert len(dataset) == 8 and views.shape == (2, 3, 64, 64) and views.dtype == torch.float32
+    assert torch.equal(views, dataset[(2, 5)])  # a key fixes its views
+    assert not torch.equal(views, dataset[(3, 5)])
+
+
+def test_strong_view_keeps_the_weak_views_geometry() -> None:
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :20] = 255  # a bright left third: the flip is visible
+    for seed in range(8):
+        weak_only = TargetViews(32, mean=(0, 0, 0))(image, np.random.default_rng(seed))
+        both = TargetViews(32, mean=(0, 0, 0), strong=True)(image, np.random.default_rng(seed))
+        assert np.array_equal(weak_only[0], both[0])  # the same draws make the same weak view
+        flipped = both[0][0, :, -1].mean() > both[0][0, :, 0].mean()
+        strong = both[1].mean(axis=0)  # [32, 32]; cutout may hide parts, colours change, the sides stay put
+        assert (np.median(strong[:, -8:]) >= np.median(strong[:, :8])) == flipped or np.ptp(strong) == 0
+
+
+def test_continuing_sampler_is_fixed_by_the_step_and_split_over_ranks() -> None:
+    size, batch = 10, 4  # 2 steps per pass over the images
+    plain = []  # a plain loop: pass c is a permutation of the images, cut into batches
+    for cycle in range(3):
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(5 * 1_000_003 + cycle)).tolist()
+        plain += [[(cycle, i) for i in order[k * batch : (k + 1) * batch]] for k in range(size // batch)]
+    sampler = ContinuingSampler(size, batch, seed=5)
+    sampler.set_steps(0, 6)
+    keys = list(sampler)
+    assert [keys[k * batch : (k + 1) * batch] for k in range(6)] == plain
+    sampler.set_steps(3, 2)  # a resumed run at step 3
+    assert list(sampler) == [key for step in plain[3:5] for key in step]
+    ranks = [ContinuingSampler(size, batch, 5, num_replicas=2, rank=r) for r in (0, 1)]
+    for rank in ranks:
+        rank.set_steps(1, 1)
+    mine = [list(rank) for rank in ranks]
+    assert sorted(mine[0] + mine[1]) == sorted(plain[1]) and len(mine[0]) == len(mine[1]) == 2
+    with pytest.raises(ValueError, match="fewer than the batch"):
+        ContinuingSampler(3, 4)
+
+
+# --- the mean teacher and AdaBN ----------------------------------------------------------------------------------
+
+
+def test_ema_update_formula() -> None:
+    torch.manual_seed(0)
+    teacher, student = (
+        nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)),
+        nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)),
+    )
+    student[1].num_batches_tracked.fill_(7)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 0.9)
+    for key, value in teacher.state_dict().items():
+        theirs = student.state_dict()[key]
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.9 * before[key] + 0.1 * theirs)
+        else:
+            assert torch.equal(value, theirs)  # the batch count is copied
+
+
+def test_pseudo_labels_keep_scores_strictly_above_the_threshold() -> None:
+    priors = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9]])
+    loc = torch.zeros(1, 3, 4)
+    probabilities = torch.tensor([[[0.19, 0.81, 0.0], [0.21, 0.0, 0.79], [0.2, 0.8, 0.0]]]) + 1e-12
+    conf = probabilities.log()
+    targets = pseudo_labels(Detect(3, conf_thresh=0.8), loc, conf, priors)
+    assert len(targets) == 1 and targets[0].shape == (1, 5)  # 0.79 is below, and exactly 0.8 is not above
+    torch.testing.assert_close(targets[0], torch.tensor([[0.2, 0.2, 0.4, 0.4, 0.0]]))
+
+
+def test_recompute_batchnorm_gives_the_target_images_statistics() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)).eval()
+    batches = [torch.randn(4, 1, 3, 5, 5) * 3 + 1 for _ in range(3)]  # [B, V, 3, H, W] as the target loader yields
+    seen = recompute_batchnorm(model, batches, torch.device("cpu"))
+    assert seen == 12 and not model.training
+    # update_bn's rule: the mean over batches of each batch's mean and unbiased variance.
+    outs = [model[0](batch[:, 0]).detach() for batch in batches]
+    means = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
+    variances = torch.stack([o.transpose(0, 1).reshape(2, -1).var(dim=1) for o in outs]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, means)
+    torch.testing.assert_close(model[1].running_var, variances)
+
+
+def test_adabn_refuses_a_network_without_batchnorm() -> None:
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        DomainAdaptation(AdaptationConfig(("adabn",)), build_ssd(width=0.125))
+
+
+# --- train.py --da -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("methods", [["grl"], ["grl", "--swda"], ["mean_teacher"], ["adabn"]])
+def test_short_da_runs(domains: tuple[Path, Path], tmp_path: Path, methods: list[str]) -> None:
+    source, target = domains
+    method, *extra = methods
+    argv = da_args(source, target, tmp_path, "--end_epoch", "1", "--da", method, *extra, "--eval_interval", "1")
+    assert run_main(argv) == 0
+    checkpoint = read_checkpoint(tmp_path / "exp1" / "last.pth")
+    assert set(checkpoint["model"]) == set(build_ssd(300, 5, "VOC", 0.125, True).state_dict())  # the detector's layout
+    assert checkpoint["adaptation"]["config"]["methods"] == [method]
+    log = (tmp_path / "exp1" / "log.txt").read_text()
+    assert '"map"' in log and '"target_map"' not in log  # the target folder has no annotations to score
+
+
+def test_da_resume_is_exact(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    source, target = domains
+    common = ("--da", "grl", "mean_teacher", "--burn_in", "1", "--ema_decay", "0.5", "--pseudo_threshold", "0.3")
+    assert run_main(da_args(source, target, tmp_path / "straight", "--end_epoch", "3", *common)) == 0
+    argv = da_args(source, target, tmp_path / "split", "--end_epoch", "3", "--epochs_per_run", "1", *common)
+    assert run_main(argv) == 0
+    last = tmp_path / "split" / "exp1" / "last.pth"
+    for _ in range(2):
+        assert run_main(["--resume", str(last), "--device", "cpu", "--num_workers", "0"]) == 0
+    a, b = read_checkpoint(tmp_path / "straight" / "exp1" / "last.pth"), read_checkpoint(last)
+    for part in ("model",):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=1e-6, msg=key)
+    for part in ("classifiers", "teacher"):
+        assert a["adaptation"][part] is not None
+        for key in a["adaptation"][part]:
+            torch.testing.assert_close(a["adaptation"][part][key], b["adaptation"][part][key], rtol=0, atol=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_gloo_processes_with_sync_bn_equal_one(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    source, target = domains
+    common = ("--end_epoch", "2", "--optimizer", "sgd", "--lr", "1e-4", "--da", "grl", "mean_teacher",
+              "--pseudo_threshold", "0.3", "--sync_bn")  # fmt: skip
+    assert run_main(da_args(source, target, tmp_path / "single", *common)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+         *da_args(source, target, tmp_path / "multi", *common)],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert losses(tmp_path / "multi" / "exp1") == pytest.approx(losses(tmp_path / "single" / "exp1"), rel=1e-3)
+    a = read_checkpoint(tmp_path / "single" / "exp1" / "last.pth")
+    b = read_checkpoint(tmp_path / "multi" / "exp1" / "last.pth")
+    # BatchNorm over 8 images of a network trained from scratch amplifies float rounding (the statistics are summed
+    # in another order); without --sync_bn the two runs differ by 50-70% (each process normalises its 4 images).
+    for part_a, part_b in ((a["model"], b["model"]), (a["adaptation"]["teacher"], b["adaptation"]["teacher"])):
+        for key, value in part_a.items():
+            error = (value.double() - part_b[key].double()).norm().item()
+            assert error <= 3e-2 * value.double().norm().item() + 1e-3, key
+
+
+def test_da_checkpoint_loads_in_eval_and_inference(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    source, target = domains
+    assert run_main(da_args(source, target, tmp_path / "runs", "--end_epoch", "1", "--da", "grl", "mean_teacher")) == 0
+    weights = str(tmp_path / "runs" / "exp1" / "last.pth")
+    eval_args = parse_args(eval_script.get_args_parser(), [
+        "--weights", weights, "--dataset", "Shapes", "--dataset_root", str(source), "--device", "cpu",
+        "--num_workers", "0", "--adabn", str(target), "--project", str(tmp_path / "eval")])  # fmt: skip
+    assert eval_script.main(eval_args) == 0
+    assert (tmp_path / "eval" / "exp1" / "ap.json").is_file()
+    infer_args = parse_args(inference.get_args_parser(), [
+        "--weights", weights, "--source", str(target / "JPEGImages"), "--device", "cpu",
+        "--project", str(tmp_path / "infer")])  # fmt: skip
+    assert inference.main(infer_args) == 0
+    assert len(list((tmp_path / "infer" / "exp1").glob("*.jpg"))) == 12
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--da", "grl"), "--target_root"),
+        (("--target_root", "X", "--da", "grl", "--ema_decay", "0.9"), "--da mean_teacher"),
+        (("--target_dataset", "Shapes"), "give --target_root"),
+    ],
+)
+def test_da_flag_errors(
+    domains: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...], message: str
+) -> None:
+    source, _ = domains
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args_for(source, tmp_path, *extra)],
+                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_da_target_with_other_classes_is_refused(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    source, target = domains
+    with pytest.raises(ValueError, match="same classes"):
+        run_main(da_args(source, target, tmp_path, "--target_dataset", "VOC", "--da", "grl"))

@@ -1,0 +1,300 @@
+"""Unsupervised domain adaptation for train.py: labeled source images, unlabeled target images, three methods.
+
+* ``grl``: adversarial feature alignment through a gradient reversal layer (:mod:`layers.domain`): DA-Faster's
+  image-level classifiers on the first ``grl_levels`` source maps (Chen et al., CVPR 2018), or with ``swda`` SWDA's
+  strong local alignment on the first map (conv4_3) and weak global alignment on the second (Saito et al., CVPR
+  2019).
+* ``mean_teacher``: an EMA teacher labels the weak view of each target image; the student learns the pseudo-labels
+  above ``pseudo_threshold`` on the strong view of the same image, classification only (Unbiased Teacher, Liu et
+  al., ICLR 2021; Adaptive Teacher, Li et al., CVPR 2022). The teacher starts as a copy of the student after
+  ``burn_in`` source-only steps. Combinable with ``grl``.
+* ``adabn``: BatchNorm statistics re-estimated on the target images after every epoch (AdaBN, Li et al., 2016),
+  for networks with BatchNorm; eval.py's ``--adabn`` does the same to any checkpoint.
+
+The detector's state_dict keeps its layout: a checkpoint keeps the discriminators and the teacher under
+``"adaptation"`` (:meth:`DomainAdaptation.state_dict`), so eval.py, inference.py and export load it as any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from data.unlabeled import UnlabeledImages
+from utils.augmentations import TargetViews
+from utils.checkpoint import DetectorInfo
+from layers.detection import Detect
+from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
+from layers.multibox_loss import MultiBoxLoss
+from ssd import SSD
+
+logger = logging.getLogger(__name__)
+
+DA_METHODS = ("grl", "mean_teacher", "adabn")
+# The split of a target folder whose images adaptation reads: the unlabeled training images (Foggy Cityscapes train
+# is the converter's trainval split).
+TARGET_SPLIT = "trainval"
+
+
+@dataclass(frozen=True)
+class AdaptationConfig:
+    """The methods of a run and their hyperparameters (train.py's flags of the same names).
+
+    Args:
+        methods: names from :data:`DA_METHODS`.
+        grl_weight: the domain loss's weight (DA-Faster's lambda: 0.1); the detector receives its reversed
+            gradient.
+        grl_levels: image-level classifiers on this many source maps, from the first (conv4_3, fc7, ...).
+        swda: SWDA's local (least squares, map 0) and global (focal, gamma 5, map 1) classifiers instead.
+        ema_decay: the teacher's EMA keep rate per step (Adaptive Teacher: 0.9996, for 10^5-step schedules).
+        pseudo_threshold: a teacher detection is a pseudo-label when its score exceeds this (Adaptive Teacher: 0.8).
+        unsup_weight: weight of the pseudo-label classification loss (Adaptive Teacher: 1.0).
+        burn_in: source-only steps before the teacher is copied from the student.
+    """
+
+    methods: tuple[str, ...] = ()
+    grl_weight: float = 0.1
+    grl_levels: int = 2
+    swda: bool = False
+    ema_decay: float = 0.9996
+    pseudo_threshold: float = 0.8
+    unsup_weight: float = 1.0
+    burn_in: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(DA_METHODS))
+        if unknown:
+            raise ValueError(f"unknown domain adaptation method(s) {unknown}; choose from {list(DA_METHODS)}")
+
+    @classmethod
+    def from_args(cls, args: object) -> AdaptationConfig:
+        """The config of train.py's arguments (``--da`` and the flags named as the fields)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "methods" and hasattr(args, f.name)}
+        return cls(methods=tuple(getattr(args, "da", None) or ()), **values)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class AdaptiveSSD(nn.Module):
+    """The detector and its domain classifiers as one module, so one DistributedDataParallel forward covers both.
+
+    ``forward(images, domains)`` returns the detector's ``(loc_preds [B, P, 4], conf_preds [B, P, C])`` and the
+    domain classification loss of the images' source maps, reached through the gradient reversal layer.
+    """
+
+    def __init__(self, detector: SSD, config: AdaptationConfig) -> None:
+        super().__init__()
+        self.detector = detector
+        self.weight = config.grl_weight
+        channels = detector.source_channels()
+        if config.swda:
+            self.levels = [0, 1]
+            self.classifiers = nn.ModuleList([LocalDomainClassifier(channels[0]), GlobalDomainClassifier(channels[1])])
+        else:
+            if not 1 <= config.grl_levels <= len(channels):
+                raise ValueError(f"--grl_levels {config.grl_levels} must lie in 1..{len(channels)}, the source maps")
+            self.levels = list(range(config.grl_levels))
+            self.classifiers = nn.ModuleList([ImageDomainClassifier(channels[i]) for i in self.levels])
+
+    def forward(self, images: Tensor, domains: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        sources = self.detector.sources(images)
+        loc_preds, conf_preds = self.detector.heads(sources)
+        losses = [
+            classifier.loss(classifier(grad_reverse(sources[level])), domains)
+            for level, classifier in zip(self.levels, self.classifiers, strict=True)
+        ]
+        # DA-Faster's objective L_det + lambda * L_img: the classifiers descend lambda * L_img, and through the
+        # reversal the detector ascends it.
+        return loc_preds, conf_preds, self.weight * torch.stack(losses).sum()
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """``teacher = decay * teacher + (1 - decay) * student`` for every floating-point parameter and buffer (BatchNorm's
+    running statistics too); integer buffers (BatchNorm's batch count) are copied."""
+    for (name, mine), theirs in zip(teacher.state_dict().items(), student.state_dict().values(), strict=True):
+        if mine.is_floating_point():
+            mine.lerp_(theirs.to(mine.dtype), 1.0 - decay)
+        else:
+            mine.copy_(theirs)
+
+
+def pseudo_labels(detect: Detect, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> list[Tensor]:
+    """Training targets from a teacher's output: the detections that ``detect`` keeps (its ``conf_thresh`` is the
+    pseudo-label threshold), clipped to the image.
+
+    Returns:
+        B tensors [K, 5]: relative xyxy and the 0-based foreground label, as the datasets' targets.
+    """
+    targets = []
+    for found in detect(loc_preds, conf_preds, priors):
+        boxes = found["boxes"].clamp(0, 1)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        labels = (found["labels"][keep] - 1).to(boxes.dtype)
+        targets.append(torch.cat([boxes[keep], labels[:, None]], dim=1))  # [K, 5]
+    return targets
+
+
+class DomainAdaptation:
+    """One run's domain adaptation state and the losses of its steps.
+
+    Args:
+        config: the methods and hyperparameters.
+        detector: the student network (trained, saved and evaluated as the run's detector).
+    """
+
+    def __init__(self, config: AdaptationConfig, detector: SSD) -> None:
+        if "adabn" in config.methods and not has_batchnorm(detector):
+            raise ValueError(
+                f"--da adabn re-estimates BatchNorm statistics, and this {detector.config.backbone} SSD has no "
+                "BatchNorm; add --batch_norm (vgg16) or pick a backbone with BatchNorm"
+            )
+        self.config = config
+        self.adversarial = AdaptiveSSD(detector, config) if "grl" in config.methods else None
+        self.teacher: SSD | None = None
+        self.detect = Detect(detector.num_classes, conf_thresh=config.pseudo_threshold, top_k=200, keep_top_k=100)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.config.methods
+
+    def network(self, detector: SSD) -> nn.Module:
+        """The module a step runs (and DDP wraps): the detector, with its domain classifiers for ``grl``."""
+        return self.adversarial if self.adversarial is not None else detector
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """The trained parameters besides the detector's (the domain classifiers)."""
+        return self.adversarial.classifiers.parameters() if self.adversarial is not None else iter(())
+
+    def uses_target(self, iteration: int) -> bool:
+        """Whether step ``iteration`` trains on target images (adabn only reads them between epochs)."""
+        return self.adversarial is not None or ("mean_teacher" in self.methods and iteration >= self.config.burn_in)
+
+    def target_views(self) -> int:
+        """Views per target image: weak and strong for the mean teacher, else one."""
+        return 2 if "mean_teacher" in self.methods else 1
+
+    def losses(
+        self,
+        net: nn.Module,
+        detector: SSD,
+        criterion: MultiBoxLoss,
+        images: Tensor,
+        targets: list[Tensor],
+        target_views: Tensor | None,
+        iteration: int,
+        autocast: torch.autocast,
+    ) -> dict[str, Tensor]:
+        """The loss terms of one step.
+
+        Args:
+            net: :meth:`network`, possibly DDP-wrapped.
+            images (Tensor[B, 3, S, S]), targets: the labeled source batch.
+            target_views (Tensor[B_t, V, 3, S, S] | None): the target batch (None when :meth:`uses_target` is False).
+
+        Returns:
+            ``loss_l``, ``loss_c`` (source), and ``loss_domain`` (grl) and ``loss_unsup`` (mean_teacher) when used.
+        """
+        batch_size = images.shape[0]
+        memory_format = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
+        pseudo: list[Tensor] | None = None
+        student_images = images
+        if target_views is not None:
+            target_views = target_views.to(images.device, images.dtype, non_blocking=True)
+            if "mean_teacher" in self.methods and iteration >= self.config.burn_in:
+                if self.teacher is None:  # the end of the burn-in: the teacher starts as the student
+                    self.teacher = copy.deepcopy(detector).eval().requires_grad_(False)
+                    logger.info("mean teacher: teacher copied from the student at iteration %d", iteration)
+                weak = target_views[:, 0].contiguous(memory_format=memory_format or torch.contiguous_format)
+                with torch.no_grad(), autocast:
+                    teacher_loc, teacher_conf = self.teacher(weak)  # weak: [B_t, 3, S, S]
+                pseudo = pseudo_labels(self.detect, teacher_loc.float(), teacher_conf.float(), detector.priors)
+            student_images = torch.cat([images, target_views[:, -1]])  # the strong view for the mean teacher
+            if memory_format is not None:
+                student_images = student_images.contiguous(memory_format=memory_format)
+        terms: dict[str, Tensor] = {}
+        with autocast:
+            if self.adversarial is not None:
+                domains = torch.zeros(student_images.shape[0], device=images.device)
+                domains[batch_size:] = 1
+                loc_preds, conf_preds, terms["loss_domain"] = net(student_images, domains)
+            else:
+                loc_preds, conf_preds = net(student_images)
+        loc_preds, conf_preds = loc_preds.float(), conf_preds.float()
+        terms["loss_l"], terms["loss_c"] = criterion(loc_preds[:batch_size], conf_preds[:batch_size],
+                                                     detector.priors, targets)  # fmt: skip
+        if pseudo is not None:
+            # Box regression from pseudo-labels is left out: their boxes are the noisiest part (Unbiased Teacher §3.3).
+            _, unsup_c = criterion(loc_preds[batch_size:], conf_preds[batch_size:], detector.priors, pseudo)
+            terms["loss_unsup"] = self.config.unsup_weight * unsup_c
+        elif "mean_teacher" in self.methods:
+            terms["loss_unsup"] = torch.zeros((), device=images.device)
+        if "grl" in self.methods:
+            terms.setdefault("loss_domain", torch.zeros((), device=images.device))
+        return {name: terms[name] for name in self.term_names()}
+
+    def term_names(self) -> tuple[str, ...]:
+        """The loss terms :meth:`losses` returns, in order."""
+        extra = (("loss_domain",) if "grl" in self.methods else ()) + (
+            ("loss_unsup",) if "mean_teacher" in self.methods else ()
+        )
+        return ("loss_l", "loss_c", *extra)
+
+    def after_step(self, detector: SSD) -> None:
+        """Move the teacher towards the student (once the teacher exists)."""
+        if self.teacher is not None:
+            ema_update(self.teacher, detector, self.config.ema_decay)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps under ``"adaptation"``: the config, the domain classifiers and the teacher."""
+        return {
+            "config": {**asdict(self.config), "methods": list(self.methods)},
+            "classifiers": self.adversarial.classifiers.state_dict() if self.adversarial is not None else None,
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+        }
+
+    def load_state_dict(self, state: dict, detector: SSD) -> None:
+        if self.adversarial is not None and state.get("classifiers") is not None:
+            self.adversarial.classifiers.load_state_dict(state["classifiers"])
+        if state.get("teacher") is not None:
+            self.teacher = copy.deepcopy(detector).eval().requires_grad_(False)
+            self.teacher.load_state_dict(state["teacher"])
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device) -> int:
+    """AdaBN: replace every BatchNorm layer's running statistics by those of the images of ``loader`` (the first
+    view of each :class:`data.unlabeled.UnlabeledImages` sample), averaged over its batches with equal weight
+    (``torch.optim.swa_utils.update_bn``). The model's mode is kept. Returns the number of images seen."""
+    seen = 0
+
+    def first_views() -> Iterable[Tensor]:
+        nonlocal seen
+        for views in loader:
+            seen += views.shape[0]
+            yield views[:, 0]
+
+    torch.optim.swa_utils.update_bn(first_views(), model, device)
+    return seen
+
+
+def adapt_batchnorm(
+    model: SSD, info: DetectorInfo, root: str, batch_size: int, num_workers: int, device: torch.device
+) -> int:
+    """AdaBN for a trained detector (eval.py's ``--adabn``): :func:`recompute_batchnorm` on the test-time views of
+    the images of ``root``'s trainval split (a VOC-format folder; its annotations stay closed). Returns the images
+    seen."""
+    if not has_batchnorm(model):
+        raise ValueError(f"--adabn re-estimates BatchNorm statistics, and this {model.config.backbone} SSD has none")
+    preprocess = info.preprocess
+    dataset = UnlabeledImages([(root, TARGET_SPLIT)], TargetViews(model.config.size, preprocess.mean, preprocess.std,
+                                                                  flip=False))  # fmt: skip
+    return recompute_batchnorm(model, DataLoader(dataset, batch_size, num_workers=num_workers), device)
