@@ -27,12 +27,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from data.unlabeled import UnlabeledImages
-from utils.augmentations import TargetViews
-from utils.checkpoint import DetectorInfo
 from layers.detection import Detect
 from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
 from layers.multibox_loss import MultiBoxLoss
 from ssd import SSD
+from utils.augmentations import TargetViews
+from utils.checkpoint import DetectorInfo
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class AdaptiveSSD(nn.Module):
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """``teacher = decay * teacher + (1 - decay) * student`` for every floating-point parameter and buffer (BatchNorm's
     running statistics too); integer buffers (BatchNorm's batch count) are copied."""
-    for (name, mine), theirs in zip(teacher.state_dict().items(), student.state_dict().values(), strict=True):
+    for mine, theirs in zip(teacher.state_dict().values(), student.state_dict().values(), strict=True):
         if mine.is_floating_point():
             mine.lerp_(theirs.to(mine.dtype), 1.0 - decay)
         else:
