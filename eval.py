@@ -105,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
     if result["missing_classes"]:
         print(f"classes without ground truth (left out of the mean): {', '.join(result['missing_classes'])}")
     label = "mAP" if metric != "coco" else "AP@[.5:.95]"
-    print(f"{metric} {label} = {result['map']:.4f} over {len(dataset)} images; results in {out_dir}")
+    area = f" (area mAP {result['area_map']:.4f})" if metric == "voc07" else ""
+    print(f"{metric} {label} = {result['map']:.4f}{area} over {len(dataset)} images; results in {out_dir}")
     return 0
 
 

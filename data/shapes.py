@@ -39,15 +39,16 @@ SPLITS = {"trainval": 0, "test": 1}
 
 # The fog scenes' ground plane, seen by a level camera (draw_scene). Depths are in metres; sizes in pixels.
 HORIZON = 0.3  # the horizon row, as a fraction of the image side from the top
-D_NEAR = 8.0  # depth of the ground at the bottom edge of the image
+D_NEAR = 15.0  # depth of the ground at the bottom edge of the image
 D_MAX = 300.0  # depth of the sky, and the cap of the ground's depth near the horizon
-# Extent of an object standing on the bottom edge, before the MAX_SIZE clip. With D_NEAR it puts a MIN_SIZE object
-# at S_NEAR * D_NEAR / MIN_SIZE = 68 m, where beta 0.02 (Foggy Cityscapes' densest fog) leaves t = exp(-1.36) ~ 0.26,
-# while the nearest objects keep t ~ exp(-0.16) ~ 0.85: faded, never invisible.
+# Extent of an object standing on the bottom edge, before the MAX_SIZE clip. With D_NEAR it puts the farthest objects,
+# SCENE_MIN_SIZE across, at S_NEAR * D_NEAR / SCENE_MIN_SIZE = 80 m, where beta 0.02 (Foggy Cityscapes' densest fog)
+# leaves t = exp(-1.59) ~ 0.20, while the nearest objects keep t ~ exp(-0.34) ~ 0.71: faded, never invisible.
 S_NEAR = 170.0
+SCENE_MIN_SIZE = 32  # the smallest (farthest) objects of a scene, larger than draw_sample's, so fog, not size, decides
 SIZE_JITTER = 0.15  # objects' real sizes differ: each extent is the perspective's times U(1 - 0.15, 1 + 0.15)
 AIRLIGHT_RANGE = (0.75, 0.95)  # the atmospheric light's grey level, a fraction of 255, drawn once per image
-FOG_GENERATOR_VERSION = 1  # recorded in fog.json; raise it whenever draw_scene or add_fog draws differently
+FOG_GENERATOR_VERSION = 2  # recorded in fog.json; raise it whenever draw_scene or add_fog draws differently
 _AIRLIGHT_STREAM = 7  # a fourth seed word: the airlight has its own generator, so clean scenes ignore the fog
 
 
@@ -213,9 +214,9 @@ def draw_scene(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, n
 
     An object whose box bottom is at row y_b stands at depth d(y_b) (:func:`ground_depth`) over its whole drawn
     area, and perspective scales it: extent = S_NEAR * D_NEAR / d(y_b) times U(1 - SIZE_JITTER, 1 + SIZE_JITTER),
-    clipped to [MIN_SIZE, MAX_SIZE] and to y_b - y_h, so every box lies below the horizon (an object no taller
+    clipped to [SCENE_MIN_SIZE, MAX_SIZE] and to y_b - y_h, so every box lies below the horizon (an object no taller
     than the camera is high; this clip binds only on images under 280 px). Bottoms are drawn where
-    the perspective extent is at least MIN_SIZE, hence no object lies beyond S_NEAR * D_NEAR / MIN_SIZE metres.
+    the perspective extent is at least SCENE_MIN_SIZE, hence no object lies beyond S_NEAR * D_NEAR / SCENE_MIN_SIZE metres.
     Objects are painted far to near, so a nearer one hides what it covers, and as in :func:`draw_sample` at most
     MAX_COVERED of the smaller of two boxes lies under the other.
 
@@ -227,8 +228,8 @@ def draw_scene(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, n
     image = _background(rng, size)
     horizon = HORIZON * size
     depth = np.repeat(ground_depth(np.arange(size), size)[:, None], size, axis=1).astype(np.float32)  # [H, W]
-    # The farthest bottom row: where the perspective extent falls to MIN_SIZE, or MIN_SIZE below the horizon.
-    top_bottom = horizon + max(MIN_SIZE, (size - horizon) * MIN_SIZE / S_NEAR)
+    # The farthest bottom row: where the perspective extent falls to SCENE_MIN_SIZE, or SCENE_MIN_SIZE below the horizon.
+    top_bottom = horizon + max(SCENE_MIN_SIZE, (size - horizon) * SCENE_MIN_SIZE / S_NEAR)
     placed: list[_Standing] = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         for _attempt in range(30):
@@ -236,7 +237,7 @@ def draw_scene(rng: np.random.Generator, size: int = 300) -> tuple[np.ndarray, n
             bottom = rng.uniform(top_bottom, size - 2)
             perspective = S_NEAR * D_NEAR / float(ground_depth(bottom, size))
             extent = perspective * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)
-            extent = float(np.clip(extent, MIN_SIZE, min(MAX_SIZE, bottom - horizon)))
+            extent = float(np.clip(extent, SCENE_MIN_SIZE, min(MAX_SIZE, bottom - horizon)))
             angle = rng.uniform(0, 2 * math.pi) if SHAPES_CLASSES[label] != "square" else rng.uniform(-0.35, 0.35)
             half = extent / 2 + 2
             cx = rng.uniform(half, size - half)
@@ -356,7 +357,7 @@ def fog_settings(beta: float, seed: int, size: int) -> dict[str, object]:
         "d_max_m": D_MAX,
         "s_near_px": S_NEAR,
         "size_jitter": SIZE_JITTER,
-        "object_size_px": [MIN_SIZE, MAX_SIZE],
+        "object_size_px": [SCENE_MIN_SIZE, MAX_SIZE],
         "generator_version": FOG_GENERATOR_VERSION,
         "seed": seed,
         "size": size,

@@ -52,6 +52,25 @@ def test_evaluate_scores_known_detections(tmp_path: Path) -> None:
     np.testing.assert_allclose(result["detections"][1]["boxes"], [[12, 24, 36, 72]], atol=1e-3)
     shifted = evaluate(predictor, dataset, batch_size=3, progress=False, metric="voc12", convention=SSD_PYTORCH)
     assert shifted["ap"]["square"] == pytest.approx(1.0)
+    # The area mAP comes beside the 11-point one, from the same curves, and equals the voc12 metric's mAP.
+    area = evaluate(predictor, dataset, batch_size=2, progress=False, metric="voc12")
+    assert result["area_map"] == area["map"] == area["area_map"]
+    assert result["area_ap"]["square"] == 1.0 and result["area_ap"]["star"] == 0.0
+    assert np.isnan(result["area_ap"]["circle"])
+
+
+def test_compare_tool_tables_eval_runs(tmp_path: Path) -> None:
+    from utils.compare import comparison_table, read_run
+
+    for name, (ap_a, ap_b) in {"one": (0.5, 0.25), "two": (1.0, float("nan"))}.items():
+        (tmp_path / name).mkdir()
+        summary = {"metric": "voc07", "map": 0.375, "ap": {"circle": ap_a, "star": ap_b}, "area_map": 0.4}
+        (tmp_path / name / "ap.json").write_text(json.dumps(summary))
+    table = comparison_table([read_run(f"{n}={tmp_path / n}") for n in ("one", "two")]).splitlines()
+    assert table[0] == "| configuration | circle | star | mAP (voc07) | mAP (area) |"
+    assert table[2] == "| one | 0.5000 | 0.2500 | 0.3750 | 0.4000 |" and table[3].endswith("| 1.0000 | n/a | 0.3750 | 0.4000 |")
+    with pytest.raises(ValueError, match="NAME=FOLDER"):
+        read_run(str(tmp_path / "one"))
 
 
 def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ from data.shapes import (
     MAX_SIZE,
     MIN_SIZE,
     S_NEAR,
+    SCENE_MIN_SIZE,
     SIZE_JITTER,
     add_fog,
     draw_sample,
@@ -168,8 +169,8 @@ def test_scene_objects_stand_on_the_ground_plane() -> None:
             object_depth = float(ground_depth(box[3], size))
             extent = max(box[2] - box[0], box[3] - box[1])  # the exact extent: boxes this far in are never clipped
             perspective = S_NEAR * D_NEAR / object_depth
-            low = np.clip(perspective * (1 - SIZE_JITTER), MIN_SIZE, MAX_SIZE)
-            high = np.clip(perspective * (1 + SIZE_JITTER), MIN_SIZE, MAX_SIZE)
+            low = np.clip(perspective * (1 - SIZE_JITTER), SCENE_MIN_SIZE, MAX_SIZE)
+            high = np.clip(perspective * (1 + SIZE_JITTER), SCENE_MIN_SIZE, MAX_SIZE)
             assert low - 1e-3 <= extent <= high + 1e-3
             # The depth map holds the object's depth where it is drawn (nearer objects hide at most a quarter).
             x0, y0, x1, y1 = (int(round(v)) for v in box)
@@ -186,8 +187,9 @@ def test_far_objects_fade_more() -> None:
         for box in boxes:
             object_depth = float(ground_depth(box[3], 300))
             x0, y0, x1, y1 = (int(round(v)) for v in box)
-            if object_depth > 30 or object_depth < 15:
-                faded["far" if object_depth > 30 else "near"].append(change[y0 : y1 + 1, x0 : x1 + 1].mean())
+            if object_depth > 3.5 * D_NEAR or object_depth < 1.8 * D_NEAR:
+                far = object_depth > 3.5 * D_NEAR
+                faded["far" if far else "near"].append(change[y0 : y1 + 1, x0 : x1 + 1].mean())
     assert len(faded["far"]) >= 5 and len(faded["near"]) >= 5
     assert np.mean(faded["far"]) > 1.5 * np.mean(faded["near"])
 

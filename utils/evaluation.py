@@ -14,7 +14,7 @@ from data.base import DetectionDataset
 from utils.checkpoint import class_mapping
 from utils.plots import plot_pr_curves
 from utils.predict import PixelDetections, Predictor, predict_dataset
-from utils.voc_eval import DEVKIT, IoUConvention, eval_detection_voc
+from utils.voc_eval import DEVKIT, IoUConvention, eval_detection_voc, voc_ap
 
 METRICS = ("voc07", "voc12", "coco")
 
@@ -82,6 +82,11 @@ def evaluate(
             iou_thresh=iou_thresh, use_07_metric=metric == "voc07", num_classes=len(names), convention=convention,
         )  # fmt: skip
         ap = voc["ap"]
+        # The area under the curve (VOC2010+) beside the 11-point AP, from the same curves: papers report either.
+        area_ap = np.array([np.nan if np.isnan(a) else voc_ap(r, p, use_07_metric=False) if len(r) else 0.0
+                            for r, p, a in zip(voc["recall"], voc["precision"], ap, strict=True)])  # fmt: skip
+        area_map = float(np.nanmean(area_ap)) if np.isfinite(area_ap).any() else float("nan")
+        result.update(area_ap=dict(zip(names, area_ap.tolist(), strict=True)), area_map=area_map)
         result.update(map=voc["map"], recall=voc["recall"], precision=voc["precision"],
                       num_positives=dict(zip(names, voc["num_positives"].tolist(), strict=True)))  # fmt: skip
     result["ap"] = dict(zip(names, ap.tolist(), strict=True))
@@ -124,7 +129,8 @@ def write_devkit_results(
 
 def save_outputs(out_dir: Path, result: dict, dataset: DetectionDataset, settings: dict) -> None:
     names = list(dataset.class_names)
-    summary = {k: result[k] for k in ("metric", "map", "ap", "missing_classes", "num_images", "num_detections")}
+    keys = ("metric", "map", "ap", "area_map", "area_ap", "missing_classes", "num_images", "num_detections")
+    summary = {k: result[k] for k in keys if k in result}
     summary.update(settings=settings, **({"coco": result["coco"]} if "coco" in result else {}))
     (out_dir / "ap.json").write_text(json.dumps(summary, indent=2, default=float))
     with (out_dir / "ap.csv").open("w", newline="") as handle:
