@@ -1,6 +1,7 @@
 """The Cityscapes -> VOC converter on a gtFine fixture with clear and foggy PNG trees."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 
 from data.build import build_dataset
 from data.config import get_preset
+from data.unlabeled import UnlabeledImages
 from tests.fixtures import write_cityscapes_image, write_gtfine
+from utils.adaptation import TARGET_SPLIT
+from utils.augmentations import TargetViews
 from utils.prepare_cityscapes_to_voc import get_args_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +84,11 @@ def test_conversion_writes_loadable_voc_folders(
     np.testing.assert_array_equal(foggy.pull_anno(0).boxes, anno.boxes)
     foggy_source = cityscapes / "leftImg8bit_foggy/train/aachen/aachen_000000_000019_leftImg8bit_foggy_beta_0.02.png"
     assert foggy.image_path(0).read_bytes() == foggy_source.read_bytes()
+    # The domain-adaptation target: Foggy Cityscapes train at beta 0.02 is the foggy folder's trainval split, read
+    # by train.py --target_root without its annotations.
+    shutil.rmtree(tmp_path / "foggy" / "Annotations")
+    target = UnlabeledImages([(tmp_path / "foggy", TARGET_SPLIT)], TargetViews(300))
+    assert [p.name for p in target.paths] == ["aachen_000000_000019.png"] and target[0].shape == (1, 3, 300, 300)
 
 
 def test_rerun_is_safe(cityscapes: Path, tmp_path: Path) -> None:
