@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
+from collections.abc import Callable
+
+import torch
 
 from data.build import build_dataset
 from layers.detection import SSD_PYTORCH_SETTINGS
+from ssd import SSD
 from utils.adaptation import adapt_batchnorm
-from utils.checkpoint import load_detector, require_classes
+from utils.checkpoint import DetectorInfo, require_classes
 from utils.cli import (
     POSITIVE_INT,
     add_dataset_flags,
@@ -36,7 +39,7 @@ from utils.cli import (
     run_cli,
 )
 from utils.evaluation import METRICS, default_metric, evaluate, format_table, save_outputs
-from utils.predict import Predictor, TorchRunner, load_runner
+from utils.predict import Predictor, load_runner
 from utils.runs import check_writable, increment_run_dir, select_device
 from utils.voc_eval import DEVKIT, SSD_PYTORCH
 
@@ -65,21 +68,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_hyphen_aliases(parser)
 
 
+def adabn_step(args: argparse.Namespace, device: torch.device) -> Callable[[SSD, DetectorInfo], None] | None:
+    """``--adabn DIR``: re-estimate the network's BatchNorm statistics on DIR's trainval images before evaluating."""
+    if not args.adabn:
+        return None
+
+    def prepare(model: SSD, info: DetectorInfo) -> None:
+        seen = adapt_batchnorm(model, info, args.adabn, args.batch_size, args.num_workers, device)
+        logger.info("adabn: BatchNorm statistics re-estimated on %d images of %s", seen, args.adabn)
+
+    return prepare
+
+
 def main(args: argparse.Namespace) -> int:
     preset = dataset_preset(args)
     check_writable(args.project)  # before the detection work, not after it
     device = select_device(args.device)
-    if args.adabn:
-        if Path(args.weights).suffix.lower() in (".onnx", ".pt2"):
-            raise ValueError(
-                f"--adabn changes a network's BatchNorm statistics; give the checkpoint, not {args.weights}"
-            )
-        model, info = load_detector(args.weights, device, raw_weights(args, preset))
-        seen = adapt_batchnorm(model, info, args.adabn, args.batch_size, args.num_workers, device)
-        logger.info("adabn: BatchNorm statistics re-estimated on %d images of %s", seen, args.adabn)
-        runner = TorchRunner(model, info, args.amp, cuda_graph=True)
-    else:
-        runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp)
+    runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp, prepare=adabn_step(args, device))
     info = runner.info
     require_classes(info, preset.class_names, args.weights)
     if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):

@@ -33,6 +33,7 @@ EXIF_ORIENTATION = 0x0112  # EXIF tag: 5-8 mean the stored image is transposed (
 # Image files this project reads, in lower case (a file's suffix is compared lower-cased). cv2.imread reads them all.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
+
 class Transform(Protocol):
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator | None = None

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from data.base import read_image
-from data.voc import VOCFormatDataset, read_image_set
+from data.voc import find_image, read_image_set
 
 ViewTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -30,6 +30,9 @@ class UnlabeledImages(Dataset):
         transform: ``(uint8 [H, W, 3] BGR image, rng) -> float32 [V, 3, S, S]`` views.
         seed: with the pass over the data and the index, seeds each sample's views.
 
+    Raises:
+        FileNotFoundError, ValueError: a folder, split file or image is missing, or a split file is malformed.
+
     A key is an index, or ``(cycle, index)`` for the ``cycle``-th pass over the images (what
     :class:`ContinuingSampler` yields): the views of a sample depend on the key alone, whatever the workers.
     """
@@ -41,13 +44,14 @@ class UnlabeledImages(Dataset):
         for folder, split in sources:
             folder = Path(folder)
             if not folder.is_dir():
-                raise FileNotFoundError(f"target folder {folder} does not exist; check --target_root")
+                what = "is a file" if folder.exists() else "does not exist"
+                raise FileNotFoundError(f"{folder} {what}; give a VOC-format folder (JPEGImages/, ImageSets/Main/)")
             listing = folder / "ImageSets" / "Main" / f"{split}.txt"
             if not listing.is_file():
                 raise FileNotFoundError(
                     f"image set {listing} does not exist; is {folder} a VOC-format folder with split {split!r}?"
                 )
-            self.paths += [VOCFormatDataset._find_image(folder, image_id) for image_id in read_image_set(listing)]
+            self.paths += [find_image(folder, image_id) for image_id in read_image_set(listing)]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,6 +74,8 @@ class ContinuingSampler(Sampler[tuple[int, int]]):
     Args:
         size: number of target images (at least ``batch_size``).
         batch_size: B, the global target batch.
+        seed: with the pass number, seeds each pass's permutation.
+        num_replicas, rank: the process group (1, 0 without DDP).
     """
 
     def __init__(self, size: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
@@ -85,6 +91,7 @@ class ContinuingSampler(Sampler[tuple[int, int]]):
         self.start, self.steps = start, steps
 
     def permutation(self, cycle: int) -> list[int]:
+        """The order of the images in pass ``cycle``."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + cycle)
         return torch.randperm(self.size, generator=generator).tolist()
 

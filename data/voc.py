@@ -19,6 +19,7 @@ from data.config import VOC_CLASSES
 
 logger = logging.getLogger(__name__)
 
+
 class UnknownClassError(ValueError):
     """An annotation names a class outside the class list: a configuration error, never skipped."""
 
@@ -106,6 +107,17 @@ def read_image_set(listing: Path) -> list[str]:
     return image_ids
 
 
+def find_image(folder: Path, image_id: str) -> Path:
+    """The image file of ``image_id`` in a VOC-format folder's ``JPEGImages/``, whatever its suffix
+    (:data:`data.base.IMAGE_SUFFIXES`, either case)."""
+    for suffix in IMAGE_SUFFIXES:
+        for spelled in (suffix, suffix.upper()):
+            candidate = folder / "JPEGImages" / f"{image_id}{spelled}"
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"image {folder / 'JPEGImages' / image_id}.jpg (or .png) does not exist")
+
+
 class VOCFormatDataset(DetectionDataset):
     """Any number of (VOC-format folder, split) pairs, read as one dataset.
 
@@ -144,7 +156,7 @@ class VOCFormatDataset(DetectionDataset):
         image_ids = read_image_set(listing)
         for image_id in image_ids:
             try:
-                image_path = self._find_image(folder, image_id)
+                image_path = find_image(folder, image_id)
                 size = image_size(image_path)
                 annotation = parse_voc_xml(folder / "Annotations" / f"{image_id}.xml", self.class_index, size)
             except UnknownClassError:
@@ -157,15 +169,6 @@ class VOCFormatDataset(DetectionDataset):
             self.ids.append(image_id)
             self._paths.append(image_path)
             self._annotations.append(annotation)
-
-    @staticmethod
-    def _find_image(folder: Path, image_id: str) -> Path:
-        for suffix in IMAGE_SUFFIXES:
-            for spelled in (suffix, suffix.upper()):
-                candidate = folder / "JPEGImages" / f"{image_id}{spelled}"
-                if candidate.is_file():
-                    return candidate
-        raise FileNotFoundError(f"image {folder / 'JPEGImages' / image_id}.jpg (or .png) does not exist")
 
     def image_path(self, index: int) -> Path:
         return self._paths[index]

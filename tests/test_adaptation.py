@@ -200,7 +200,8 @@ def test_short_da_runs(domains: tuple[Path, Path], tmp_path: Path, methods: list
 
 def test_da_resume_is_exact(domains: tuple[Path, Path], tmp_path: Path) -> None:
     source, target = domains
-    common = ("--da", "grl", "mean_teacher", "--burn_in", "1", "--ema_decay", "0.5", "--pseudo_threshold", "0.3")
+    common = ("--da", "grl", "mean_teacher", "adabn", "--burn_in", "1", "--ema_decay", "0.5", "--pseudo_threshold",
+              "0.3")  # fmt: skip
     assert run_main(da_args(source, target, tmp_path / "straight", "--end_epoch", "3", *common)) == 0
     argv = da_args(source, target, tmp_path / "split", "--end_epoch", "3", "--epochs_per_run", "1", *common)
     assert run_main(argv) == 0
@@ -265,18 +266,21 @@ def test_da_checkpoint_loads_in_eval_and_inference(domains: tuple[Path, Path], t
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--da", "grl"), "--target_root"),
-        (("--target_root", "X", "--da", "grl", "--ema_decay", "0.9"), "--da mean_teacher"),
-        (("--target_dataset", "Shapes"), "give --target_root"),
+        (("--da", "grl"), "with --target_root"),
+        (("--target_root", "TARGET", "--da", "grl", "--ema_decay", "0.9"), "add mean_teacher to --da"),
+        (("--target_dataset", "Shapes"), "give --target_root too"),
+        (("--target_root", "TARGET", "--da", "grl", "--swda", "--grl_levels", "3"), "--grl_levels would be ignored"),
+        (("--target_root", "TARGET/classes.txt", "--da", "grl"), "is a file"),
+        (("--target_root", "TARGET", "--da", "adabn"), "only with --batch_norm"),
     ],
 )
-def test_da_flag_errors(
-    domains: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...], message: str
-) -> None:
-    source, _ = domains
+def test_da_flag_errors(domains: tuple[Path, Path], tmp_path: Path, extra: tuple[str, ...], message: str) -> None:
+    source, target = domains
+    extra = tuple(word.replace("TARGET", str(target)) for word in extra)
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args_for(source, tmp_path, *extra)],
                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
-    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not list(tmp_path.glob("exp*"))
 
 
 def test_da_target_with_other_classes_is_refused(domains: tuple[Path, Path], tmp_path: Path) -> None:

@@ -17,10 +17,12 @@ The detector's state_dict keeps its layout: a checkpoint keeps the discriminator
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +38,35 @@ from utils.checkpoint import DetectorInfo
 
 logger = logging.getLogger(__name__)
 
-DA_METHODS = ("grl", "mean_teacher", "adabn")
+
+@dataclass(frozen=True)
+class Method:
+    """A ``--da`` method as the training loop sees it.
+
+    Args:
+        name: its ``--da`` value.
+        papers: where it comes from (README, "Domain adaptation", says which defaults follow them).
+        flags: its hyperparameters: train.py flags and :class:`AdaptationConfig` fields of the same names.
+        views: target views per image its steps read: 0 none (it reads target images between epochs only), 1 the
+            weak view, 2 the weak and the strong view.
+        needs_batchnorm: the network must have BatchNorm layers.
+    """
+
+    name: str
+    papers: str
+    flags: tuple[str, ...]
+    views: int
+    needs_batchnorm: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "grl": Method("grl", "DA-Faster (Chen et al., CVPR 2018); SWDA (Saito et al., CVPR 2019)",
+                  ("grl_weight", "grl_levels", "swda"), views=1),
+    "mean_teacher": Method("mean_teacher", "Unbiased Teacher (Liu et al., ICLR 2021); Adaptive Teacher (Li et al., "
+                           "CVPR 2022)", ("ema_decay", "pseudo_threshold", "unsup_weight", "burn_in"), views=2),
+    "adabn": Method("adabn", "AdaBN (Li et al., 2016)", (), views=0, needs_batchnorm=True),
+}  # fmt: skip
+DA_METHODS = tuple(METHODS)
 # The split of a target folder whose images adaptation reads: the unlabeled training images (Foggy Cityscapes train
 # is the converter's trainval split).
 TARGET_SPLIT = "trainval"
@@ -53,7 +83,8 @@ class AdaptationConfig:
         grl_levels: image-level classifiers on this many source maps, from the first (conv4_3, fc7, ...).
         swda: SWDA's local (least squares, map 0) and global (focal, gamma 5, map 1) classifiers instead.
         ema_decay: the teacher's EMA keep rate per step (Adaptive Teacher: 0.9996, for 10^5-step schedules).
-        pseudo_threshold: a teacher detection is a pseudo-label when its score exceeds this (Adaptive Teacher: 0.8).
+        pseudo_threshold: a teacher detection is a pseudo-label when its score exceeds this (Adaptive Teacher's
+            Cityscapes -> Foggy Cityscapes config: 0.7).
         unsup_weight: weight of the pseudo-label classification loss (Adaptive Teacher: 1.0).
         burn_in: source-only steps before the teacher is copied from the student.
     """
@@ -63,7 +94,7 @@ class AdaptationConfig:
     grl_levels: int = 2
     swda: bool = False
     ema_decay: float = 0.9996
-    pseudo_threshold: float = 0.8
+    pseudo_threshold: float = 0.7
     unsup_weight: float = 1.0
     burn_in: int = 0
 
@@ -71,6 +102,11 @@ class AdaptationConfig:
         unknown = sorted(set(self.methods) - set(DA_METHODS))
         if unknown:
             raise ValueError(f"unknown domain adaptation method(s) {unknown}; choose from {list(DA_METHODS)}")
+
+    @property
+    def views(self) -> int:
+        """Target views per image the steps read (the largest of the methods')."""
+        return max((METHODS[name].views for name in self.methods), default=0)
 
     @classmethod
     def from_args(cls, args: object) -> AdaptationConfig:
@@ -80,7 +116,32 @@ class AdaptationConfig:
 
 
 def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BatchNorm layer."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_adaptation_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
+    """Refuse domain adaptation flags that are wrong or would be ignored, before anything is built."""
+    methods = getattr(args, "da", None) or []
+    target = getattr(args, "target_root", None)
+    if methods and not target:
+        raise ValueError(f"--da {' '.join(methods)} adapts to unlabeled target images: give their VOC-format folder "
+                         "with --target_root")  # fmt: skip
+    if "target_dataset" in typed and not target:
+        raise ValueError("--target_dataset names the dataset of --target_root; give --target_root too")
+    if target and not Path(target).is_dir():
+        what = "is a file" if Path(target).exists() else "does not exist"
+        raise ValueError(f"--target_root {target} {what}; give the target's VOC-format folder")
+    for method in METHODS.values():
+        for name in sorted(typed & set(method.flags)):
+            if method.name not in methods:
+                raise ValueError(f"--{name} is a setting of --da {method.name}, which this run does not use; drop it "
+                                 f"or add {method.name} to --da")  # fmt: skip
+    if getattr(args, "swda", False) and "grl_levels" in typed:
+        raise ValueError("--swda places its classifiers on conv4_3 and fc7, so --grl_levels would be ignored; drop one")
+    if "adabn" in methods and args.backbone == "vgg16" and not args.batch_norm and not args.finetune:
+        raise ValueError("--da adabn re-estimates BatchNorm statistics, and a vgg16 SSD has BatchNorm only with "
+                         "--batch_norm; add it, or pick another backbone")  # fmt: skip
 
 
 class AdaptiveSSD(nn.Module):
@@ -105,6 +166,8 @@ class AdaptiveSSD(nn.Module):
             self.classifiers = nn.ModuleList([ImageDomainClassifier(channels[i]) for i in self.levels])
 
     def forward(self, images: Tensor, domains: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """images (Tensor[B, 3, S, S]) and their domains (Tensor[B]: 0 source, 1 target) -> loc_preds, conf_preds
+        and the weighted domain loss (a scalar)."""
         sources = self.detector.sources(images)
         loc_preds, conf_preds = self.detector.heads(sources)
         losses = [
@@ -131,8 +194,12 @@ def pseudo_labels(detect: Detect, loc_preds: Tensor, conf_preds: Tensor, priors:
     """Training targets from a teacher's output: the detections that ``detect`` keeps (its ``conf_thresh`` is the
     pseudo-label threshold), clipped to the image.
 
+    Args:
+        loc_preds (Tensor[B, P, 4]), conf_preds (Tensor[B, P, C]): the teacher's output on the weak views.
+        priors (Tensor[P, 4]): cxcywh.
+
     Returns:
-        B tensors [K, 5]: relative xyxy and the 0-based foreground label, as the datasets' targets.
+        B tensors [K, 5]: targets in the datasets' format (``data.base``).
     """
     targets = []
     for found in detect(loc_preds, conf_preds, priors):
@@ -152,11 +219,12 @@ class DomainAdaptation:
     """
 
     def __init__(self, config: AdaptationConfig, detector: SSD) -> None:
-        if "adabn" in config.methods and not has_batchnorm(detector):
-            raise ValueError(
-                f"--da adabn re-estimates BatchNorm statistics, and this {detector.config.backbone} SSD has no "
-                "BatchNorm; add --batch_norm (vgg16) or pick a backbone with BatchNorm"
-            )
+        for name in config.methods:
+            if METHODS[name].needs_batchnorm and not has_batchnorm(detector):
+                raise ValueError(
+                    f"--da {name} re-estimates BatchNorm statistics, and this {detector.config.backbone} SSD has no "
+                    "BatchNorm; add --batch_norm (vgg16) or pick a backbone with BatchNorm"
+                )
         self.config = config
         self.adversarial = AdaptiveSSD(detector, config) if "grl" in config.methods else None
         self.teacher: SSD | None = None
@@ -177,10 +245,6 @@ class DomainAdaptation:
     def uses_target(self, iteration: int) -> bool:
         """Whether step ``iteration`` trains on target images (adabn only reads them between epochs)."""
         return self.adversarial is not None or ("mean_teacher" in self.methods and iteration >= self.config.burn_in)
-
-    def target_views(self) -> int:
-        """Views per target image: weak and strong for the mean teacher, else one."""
-        return 2 if "mean_teacher" in self.methods else 1
 
     def losses(
         self,
@@ -217,7 +281,7 @@ class DomainAdaptation:
                 with torch.no_grad(), autocast:
                     teacher_loc, teacher_conf = self.teacher(weak)  # weak: [B_t, 3, S, S]
                 pseudo = pseudo_labels(self.detect, teacher_loc.float(), teacher_conf.float(), detector.priors)
-            student_images = torch.cat([images, target_views[:, -1]])  # the strong view for the mean teacher
+            student_images = torch.cat([images, target_views[:, -1]])  # [B + B_t, 3, S, S]; strong views for MT
             if memory_format is not None:
                 student_images = student_images.contiguous(memory_format=memory_format)
         terms: dict[str, Tensor] = {}
@@ -262,6 +326,7 @@ class DomainAdaptation:
         }
 
     def load_state_dict(self, state: dict, detector: SSD) -> None:
+        """Restore :meth:`state_dict`'s classifiers and teacher (the teacher's layout is ``detector``'s)."""
         if self.adversarial is not None and state.get("classifiers") is not None:
             self.adversarial.classifiers.load_state_dict(state["classifiers"])
         if state.get("teacher") is not None:
@@ -270,31 +335,36 @@ class DomainAdaptation:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device) -> int:
+def recompute_batchnorm(model: nn.Module, loader: Iterable[Tensor], device: torch.device) -> int:
     """AdaBN: replace every BatchNorm layer's running statistics by those of the images of ``loader`` (the first
-    view of each :class:`data.unlabeled.UnlabeledImages` sample), averaged over its batches with equal weight
-    (``torch.optim.swa_utils.update_bn``). The model's mode is kept. Returns the number of images seen."""
+    view of each batch, Tensor[B, V, 3, S, S] as :class:`data.unlabeled.UnlabeledImages` gives), averaged over its
+    batches with equal weight (``torch.optim.swa_utils.update_bn``). They are computed on a copy and swapped in at
+    the end, so an interruption leaves the model as it was; its mode is kept. Returns the number of images seen."""
     seen = 0
 
     def first_views() -> Iterable[Tensor]:
         nonlocal seen
         for views in loader:
             seen += views.shape[0]
-            yield views[:, 0]
+            yield views[:, 0]  # [B, 3, S, S]
 
-    torch.optim.swa_utils.update_bn(first_views(), model, device)
+    work = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn(first_views(), work, device)
+    for mine, estimated in zip(model.modules(), work.modules(), strict=True):
+        if isinstance(mine, nn.modules.batchnorm._BatchNorm) and mine.track_running_stats:
+            mine.running_mean.copy_(estimated.running_mean)
+            mine.running_var.copy_(estimated.running_var)
     return seen
 
 
 def adapt_batchnorm(
     model: SSD, info: DetectorInfo, root: str, batch_size: int, num_workers: int, device: torch.device
 ) -> int:
-    """AdaBN for a trained detector (eval.py's ``--adabn``): :func:`recompute_batchnorm` on the test-time views of
-    the images of ``root``'s trainval split (a VOC-format folder; its annotations stay closed). Returns the images
-    seen."""
+    """AdaBN on a detector: :func:`recompute_batchnorm` on the test-time view (resized, not mirrored) of every image
+    of ``root``'s trainval split (a VOC-format folder; its annotations stay closed), in file order. train.py's
+    ``--da adabn`` calls it after every epoch, eval.py's ``--adabn`` before evaluating. Returns the images seen."""
     if not has_batchnorm(model):
-        raise ValueError(f"--adabn re-estimates BatchNorm statistics, and this {model.config.backbone} SSD has none")
-    preprocess = info.preprocess
-    dataset = UnlabeledImages([(root, TARGET_SPLIT)], TargetViews(model.config.size, preprocess.mean, preprocess.std,
-                                                                  flip=False))  # fmt: skip
-    return recompute_batchnorm(model, DataLoader(dataset, batch_size, num_workers=num_workers), device)
+        raise ValueError(f"AdaBN re-estimates BatchNorm statistics, and this {model.config.backbone} SSD has none")
+    views = TargetViews(model.config.size, info.preprocess.mean, info.preprocess.std, flip=False)
+    loader = DataLoader(UnlabeledImages([(root, TARGET_SPLIT)], views), batch_size, num_workers=num_workers)
+    return recompute_batchnorm(model, loader, device)

@@ -217,7 +217,9 @@ def add_detect_flags(parser: argparse.ArgumentParser) -> None:
     defaults = DetectSettings()
     group.add_argument("--conf_thresh", type=bounded(float, 0, 1, high_open=True), default=None,
                        help=f"score a candidate must exceed (default {defaults.conf_thresh})")  # fmt: skip
-    group.add_argument("--nms_thresh", type=PROBABILITY, default=None, help=f"NMS IoU threshold (default {defaults.nms_thresh})")
+    group.add_argument(
+        "--nms_thresh", type=PROBABILITY, default=None, help=f"NMS IoU threshold (default {defaults.nms_thresh})"
+    )
     group.add_argument("--top_k", type=POSITIVE_INT, default=None,
                        help=f"candidates per class into NMS (default {defaults.top_k})")  # fmt: skip
     group.add_argument("--keep_top_k", type=NON_NEGATIVE_INT, default=None,
@@ -232,7 +234,9 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_workers_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=DEFAULT_NUM_WORKERS, help="data-loading processes")
+    parser.add_argument(
+        "--num_workers", type=NON_NEGATIVE_INT, default=DEFAULT_NUM_WORKERS, help="data-loading processes"
+    )
 
 
 def add_run_flags(parser: argparse.ArgumentParser, project: str) -> None:

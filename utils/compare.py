@@ -35,7 +35,9 @@ def comparison_table(runs: list[tuple[str, dict]]) -> str:
     classes = list(runs[0][1]["ap"])
     for name, summary in runs:
         if list(summary["ap"]) != classes:
-            raise ValueError(f"run {name} has classes {list(summary['ap'])}, not {classes}; compare runs of one dataset")
+            raise ValueError(
+                f"run {name} has classes {list(summary['ap'])}, not {classes}; compare runs of one dataset"
+            )
     metric = runs[0][1]["metric"]
     with_area = all("area_map" in summary for _, summary in runs) and metric == "voc07"
     header = ["configuration", *classes, f"mAP ({metric})", *(["mAP (area)"] if with_area else [])]

@@ -61,26 +61,28 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     concatenated batch would; the running statistics are updated with the global batch's as well."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (Tensor[B, C, H, W]) -> the normalised Tensor[B, C, H, W], statistics over every process's batch."""
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # differentiable collectives
 
-        local = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        x32 = x.float()  # statistics in float32 under bfloat16 autocast, as BatchNorm computes them
+        local = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
         count = all_reduce(local)  # [1], elements per channel in the global batch
-        mean = all_reduce(x.sum(dim=(0, 2, 3))) / count  # [C]
-        centred = x - mean[None, :, None, None]
+        mean = all_reduce(x32.sum(dim=(0, 2, 3))) / count  # [C]
+        centred = x32 - mean[None, :, None, None]  # [B, C, H, W]
         var = all_reduce((centred * centred).sum(dim=(0, 2, 3))) / count  # [C], biased, as BatchNorm normalises
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 unbiased = var * count / (count - 1).clamp(min=1)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)
-        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), momentum)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]  # [B, C, H, W]
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return out
+        return out.to(x.dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:

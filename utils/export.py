@@ -119,7 +119,11 @@ class GraphPreprocess(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         x = images.permute(0, 3, 1, 2).float()  # [B, 3, H, W] BGR
         if self.resize_first:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False).round().clamp(0, 255)
+            x = (
+                F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+                .round()
+                .clamp(0, 255)
+            )
             return ((x - self.mean) * self.inv_std).flip(1)  # [B, 3, S, S] RGB
         x = ((x - self.mean) * self.inv_std).flip(1)
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -135,7 +139,9 @@ class ExportGraph(nn.Module):
         self.settings = spec.settings or info.postprocess
         self.register_buffer("priors", model.priors.float().clone(), persistent=False)  # post-processing: float32
         self.model = copy.deepcopy(model).eval().half() if spec.half else model.eval()  # the caller's stays float32
-        self.detect = PaddedDetect(info.num_classes, self.settings, self.priors) if spec.outputs == "detections" else None
+        self.detect = (
+            PaddedDetect(info.num_classes, self.settings, self.priors) if spec.outputs == "detections" else None
+        )
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         if self.preprocess is not None:
@@ -206,15 +212,26 @@ def export_onnx(model: SSD, info: DetectorInfo, path: str | Path, spec: ExportSp
     graph = ExportGraph(model, info, spec).eval()
     names = OUTPUT_NAMES[spec.outputs]
     try:
-        torch.onnx.export(graph, (graph.example(spec.static_batch or 2),), str(path), input_names=["images"], output_names=list(names),
-                          dynamic_shapes=graph.dynamic_shapes(), opset_version=OPSET, dynamo=True,
-                          custom_translation_table={torch.ops.ssd.multiclass_nms.default: _onnx_nms}, verbose=False,
-                          optimize=False)  # fmt: skip  (its optimiser drops L2Norm's "+ 1e-10"; onnxruntime optimises at load)
+        torch.onnx.export(
+            graph,
+            (graph.example(spec.static_batch or 2),),
+            str(path),
+            input_names=["images"],
+            output_names=list(names),
+            dynamic_shapes=graph.dynamic_shapes(),
+            opset_version=OPSET,
+            dynamo=True,
+            custom_translation_table={torch.ops.ssd.multiclass_nms.default: _onnx_nms},
+            verbose=False,
+            optimize=False,
+        )  # fmt: skip  (its optimiser drops L2Norm's "+ 1e-10"; onnxruntime optimises at load)
     except Exception as error:  # the exporter raises many types; the fallback names the first line of the reason
         if spec.outputs == "detections":
             raise
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        logger.warning("the torch.export-based ONNX exporter failed (%s); using the legacy TorchScript exporter", reason)
+        logger.warning(
+            "the torch.export-based ONNX exporter failed (%s); using the legacy TorchScript exporter", reason
+        )
         dims = (graph.dynamic_shapes() or {}).get("images", {})
         axes = {"images": {axis: dim.__name__ for axis, dim in dims.items()}} if dims else None
         if axes and 0 in dims:
@@ -233,7 +250,9 @@ def export_program(model: SSD, info: DetectorInfo, path: str | Path, spec: Expor
     """Write a ``torch.export`` ExportedProgram (``.pt2``) with the metadata as the extra file ``ssd.json``."""
     path = Path(path)
     graph = ExportGraph(model, info, spec).eval()
-    program = torch.export.export(graph, (graph.example(spec.static_batch or 2),), dynamic_shapes=graph.dynamic_shapes())
+    program = torch.export.export(
+        graph, (graph.example(spec.static_batch or 2),), dynamic_shapes=graph.dynamic_shapes()
+    )
     torch.export.save(program, str(path), extra_files={"ssd.json": json.dumps(metadata(info, spec))})
     return path
 
@@ -316,7 +335,11 @@ def compare_detections(
             out["boxes"] = max(out["boxes"], float(distance.min()))
             out["scores"] = max(out["scores"], float(abs(got["scores"][j] - expected["scores"][i])))
     for side, detections in zip(unmatched, (expected, got), strict=True):
-        cap = detections["scores"][-1] if settings.keep_top_k and len(detections["scores"]) >= settings.keep_top_k else None
+        cap = (
+            detections["scores"][-1]
+            if settings.keep_top_k and len(detections["scores"]) >= settings.keep_top_k
+            else None
+        )
         for k in np.flatnonzero(side):
             score = detections["scores"][k]
             near_score = abs(score - settings.conf_thresh) < 1e-5 or (cap is not None and abs(score - cap) < 1e-5)

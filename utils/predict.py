@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -116,7 +116,9 @@ class OnnxRunner(ExportedRunner):
         try:
             import onnxruntime as ort
         except ImportError as error:
-            raise ValueError("running ONNX models needs the optional package onnxruntime: pip install onnxruntime") from error
+            raise ValueError(
+                "running ONNX models needs the optional package onnxruntime: pip install onnxruntime"
+            ) from error
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file {path} does not exist")
@@ -179,17 +181,30 @@ class ProgramRunner(ExportedRunner):
 
 
 def load_runner(
-    path: str | Path, device: torch.device, raw: RawWeights | None = None, amp: bool = False
+    path: str | Path,
+    device: torch.device,
+    raw: RawWeights | None = None,
+    amp: bool = False,
+    prepare: Callable[[SSD, DetectorInfo], None] | None = None,
 ) -> TorchRunner | OnnxRunner | ProgramRunner:
-    """The runner of a weights file: an ``.onnx`` or ``.pt2`` export, or a checkpoint (CUDA graphs on a GPU)."""
+    """The runner of a weights file: an ``.onnx`` or ``.pt2`` export, or a checkpoint (CUDA graphs on a GPU).
+
+    ``prepare(model, info)`` changes a checkpoint's network before it runs (eval.py's ``--adabn``); exports are
+    fixed, so it refuses them."""
     suffix = Path(path).suffix.lower()
     if amp and suffix in (".onnx", ".pt2"):
-        raise ValueError(f"--amp applies to PyTorch checkpoints; {path} has its precision fixed at export (--half, --int8)")
+        raise ValueError(
+            f"--amp applies to PyTorch checkpoints; {path} has its precision fixed at export (--half, --int8)"
+        )
+    if prepare is not None and suffix in (".onnx", ".pt2"):
+        raise ValueError(f"{path} is an export, whose network is fixed; give the checkpoint it was exported from")
     if suffix == ".onnx":
         return OnnxRunner(path, device)
     if suffix == ".pt2":
         return ProgramRunner(path, device)
     model, info = load_detector(path, device, raw)
+    if prepare is not None:
+        prepare(model, info)
     return TorchRunner(model, info, amp, cuda_graph=True)
 
 

@@ -31,7 +31,14 @@ from data.unlabeled import ContinuingSampler, UnlabeledImages
 from layers.multibox_loss import MultiBoxLoss
 from layers.prior_box import PRIOR_CONFIGS
 from ssd import BACKBONES, SSD, ModelConfig, build_ssd
-from utils.adaptation import TARGET_SPLIT, AdaptationConfig, DomainAdaptation, recompute_batchnorm
+from utils.adaptation import (
+    TARGET_SPLIT,
+    AdaptationConfig,
+    DomainAdaptation,
+    adapt_batchnorm,
+    check_adaptation_flags,
+    has_batchnorm,
+)
 from utils.augmentations import PIXEL_NORMS, SSDAugmentation, TargetViews
 from utils.checkpoint import (
     DetectorInfo,
@@ -285,28 +292,6 @@ def check_new_run_flags(args: argparse.Namespace, typed: frozenset[str]) -> None
                     args.warmup_epochs)  # fmt: skip
 
 
-# Each method's hyperparameter flags (a typed one without its method would be ignored).
-METHOD_FLAGS = {
-    "grl": ("grl_weight", "grl_levels", "swda"),
-    "mean_teacher": ("ema_decay", "pseudo_threshold", "unsup_weight", "burn_in"),
-}
-
-
-def check_adaptation_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
-    """Refuse domain adaptation flags that would be ignored."""
-    methods = getattr(args, "da", None) or []
-    if methods and not getattr(args, "target_root", None):
-        raise ValueError(f"--da {' '.join(methods)} adapts to unlabeled target images: give their VOC-format folder "
-                         "with --target_root")  # fmt: skip
-    if "target_dataset" in typed and not getattr(args, "target_root", None):
-        raise ValueError("--target_dataset names the dataset of --target_root; give --target_root too")
-    for method, names in METHOD_FLAGS.items():
-        for name in sorted(typed & set(names)):
-            if method not in methods:
-                raise ValueError(f"--{name} is a setting of --da {method}, which this run does not use; drop it or "
-                                 f"add {method} to --da")  # fmt: skip
-
-
 def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Path) -> dict[str, Any]:
     """The saved arguments' changes for ``--resume ... --end_epoch N``: training a run longer (or shorter).
 
@@ -400,19 +385,23 @@ class Trainer:
             self.info = detector_info(checkpoint)
             self.model = SSD(self.info.config)
         self.model.to(device)
-        if getattr(args, "sync_bn", False) and dist.enabled:
-            self.model = convert_sync_batchnorm(self.model)
         self.dataset, self.sampler, self.loader = build_train_loader(args, self.preset, self.info, dist, device)
         self.steps_per_epoch = len(self.dataset) // args.batch_size
         self.target_preset = target_preset(args, self.preset) if getattr(args, "target_root", None) else None
-        self.adaptation = (
-            DomainAdaptation(AdaptationConfig.from_args(args), self.model) if getattr(args, "da", None) else None
-        )
+        config = AdaptationConfig.from_args(args)
+        self.adaptation = DomainAdaptation(config, self.model) if config.methods else None
         self.target_sampler, self.target_loader = (None, None)
-        if self.adaptation is not None:
-            views = self.adaptation.target_views()
-            self.target_sampler, self.target_loader = build_target_loader(args, self.info, views, dist, device)
-            self.adaptation.network(self.model).to(device)
+        if config.views:
+            self.target_sampler, self.target_loader = build_target_loader(args, self.info, config.views, dist, device)
+        network = self.adaptation.network(self.model) if self.adaptation is not None else self.model
+        network.to(device)
+        if dist.enabled and getattr(args, "sync_bn", False):
+            convert_sync_batchnorm(network)  # in place: the detector's and the domain classifiers' BatchNorm
+        elif dist.enabled and self.adaptation is not None and has_batchnorm(network):
+            raise ValueError(
+                "with BatchNorm, domain adaptation under torchrun needs --sync_bn: each process's statistics (and a "
+                "mean teacher's, and AdaBN's) would otherwise differ from one process's"
+            )
         self.memory_format = torch.preserve_format if args.no_channels_last else torch.channels_last
         self.model.to(memory_format=self.memory_format)
         parameters = list(self.model.parameters())
@@ -434,7 +423,6 @@ class Trainer:
             self.load_state(checkpoint)
 
         ddp_args = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        network = self.adaptation.network(self.model) if self.adaptation is not None else self.model
         self.net = DistributedDataParallel(network, **ddp_args) if dist.enabled else network
         normalizer = (lambda n: all_reduce_sum(n).clamp(min=1) / dist.world_size) if dist.enabled else None
         self.criterion = MultiBoxLoss(self.preset.num_classes, normalizer=normalizer)
@@ -572,12 +560,13 @@ class Trainer:
             if bar is not None:
                 speed = self.epoch_steps * self.args.batch_size / self.epoch_time
                 bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
-                bar.set_postfix(
-                    loss_l=f"{terms[0]:.3f}", loss_c=f"{terms[1]:.3f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}"
-                )
+                losses = {name: f"{value:.3f}" for name, value in zip(self.term_names, terms.tolist(), strict=True)}
+                bar.set_postfix(**losses, lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                 bar.update(1)
             if self.tensorboard is not None:
-                self.tensorboard.add_scalars("loss", {"loc": terms[0], "conf": terms[1]}, self.iteration)
+                self.tensorboard.add_scalars(
+                    "loss", dict(zip(self.term_names, terms.tolist(), strict=True)), self.iteration
+                )
                 self.tensorboard.add_scalar("lr", lr, self.iteration)
             if self.stop_requested:  # Ctrl-C: stop between steps, where the state is whole
                 raise KeyboardInterrupt
@@ -588,9 +577,14 @@ class Trainer:
                   "time_s": self.epoch_time}  # fmt: skip
         if getattr(self.args, "length_changes", None):
             record["note"] = self.args.length_changes[-1]
+        return record
+
+    def next_epoch(self) -> None:
+        """Move to the next epoch, with new running sums (a checkpoint saved before this keeps the finished
+        epoch's, so a resumed run completes its end-of-epoch work from them)."""
+        self.epoch, self.epoch_step = self.epoch + 1, 0
         self.epoch_sums = torch.zeros(len(self.term_names), dtype=torch.float64)
         self.epoch_steps, self.epoch_time = 0, 0.0
-        return record
 
     def target_batches(self) -> Iterator[torch.Tensor | None]:
         """The target batch of each remaining step of this epoch (None where a step takes none): the loader's
@@ -606,12 +600,12 @@ class Trainer:
         for step in steps:
             yield next(batches) if step >= using[0] else None
 
-    def adapt_batchnorm(self) -> None:
+    def reestimate_batchnorm(self) -> None:
         """``--da adabn``: the BatchNorm statistics of the target's training images, on every process."""
         if self.adaptation is None or "adabn" not in self.adaptation.methods:
             return
-        self.target_sampler.set_steps(0, self.target_sampler.steps_per_cycle)  # every image once, in a fixed order
-        seen = recompute_batchnorm(self.model, self.target_loader, self.device)
+        args = self.args
+        seen = adapt_batchnorm(self.model, self.info, args.target_root, args.batch_size, args.num_workers, self.device)
         logger.info("adabn: BatchNorm statistics re-estimated on %d target images", seen)
 
     def evaluate(self) -> dict:
@@ -686,12 +680,10 @@ class Trainer:
         epochs_this_run = 0
         try:
             while self.epoch < self.epochs:
-                if self.epoch_step >= self.steps_per_epoch:
-                    self.epoch, self.epoch_step = self.epoch + 1, 0
-                    continue
+                # An epoch whose steps all ran before a Ctrl-C has no step left here, only its end-of-epoch work.
                 record = self.train_epoch(bar)
-                self.adapt_batchnorm()
-                self.epoch, self.epoch_step = self.epoch + 1, 0
+                self.reestimate_batchnorm()
+                self.next_epoch()
                 epochs_this_run += 1
                 if self.dist.is_main:
                     self.end_epoch(record)
