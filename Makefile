@@ -7,11 +7,24 @@ STAMP := $(VENV)/.installed
 # The demo: synthetic data -> train (CPU, SSD300 at 1/8 width) -> eval -> inference -> figures/.
 DEMO := runs/demo
 DEMO_DATA := data/shapes
-DEMO_TRAIN := --dataset Shapes --dataset_root $(DEMO_DATA) --basenet none --width 0.125 --batch_norm \
-	--priors COCO --max_expand 2 --optimizer adamw --lr 2e-3 --weight_decay 5e-4 --batch_size 16 --end_epoch 9 \
-	--warmup_epochs 0.3 --num_workers 2 --eval_interval 9 --seed 0
+DEMO_RECIPE := --dataset Shapes --basenet none --width 0.125 --batch_norm --priors COCO --max_expand 2 \
+	--optimizer adamw --lr 2e-3 --weight_decay 5e-4 --batch_size 16 --end_epoch 9 --warmup_epochs 0.3 \
+	--num_workers 2 --seed 0
+DEMO_TRAIN := $(DEMO_RECIPE) --dataset_root $(DEMO_DATA) --eval_interval 9
 
-.PHONY: venv test demo bench clean
+# The domain adaptation demo (README, "Domain adaptation"): foggy shapes, make demo's recipe for every configuration
+# (the same iterations at the same batch), each scored on the foggy test split.
+DA := runs/demo_da
+DA_DATA := data/shapes_fog
+DA_TRAIN := $(DEMO_RECIPE) --eval_interval 0
+DA_CLEAN := --dataset_root $(DA_DATA)/clean --target_root $(DA_DATA)/foggy
+# The mean teacher's schedule, scaled to this short run: 2/3 source-only burn-in, an EMA of ~100 steps.
+DA_MT := --burn_in 600 --ema_decay 0.99
+DA_BEST := --da mean_teacher $(DA_MT)
+DA_BEST_NAME := mean_teacher
+DA_EVAL := --dataset Shapes --dataset_root $(DA_DATA)/foggy --num_workers 2 --project $(DA)
+
+.PHONY: venv test demo demo-da demo-da-all bench clean
 
 venv: $(STAMP)
 
@@ -37,6 +50,36 @@ demo: $(STAMP)
 	$(PY) -m utils.figures gif --video $(DEMO)/video1/shapes.mp4 --every 2 --width 320 --out figures/demo.gif
 	cp $(DEMO)/train1/results.png figures/demo_results.png
 	@echo "demo done: figures/demo.jpg, figures/demo.gif, figures/demo_results.png; runs in $(DEMO)/"
+
+demo-da: $(STAMP)
+	rm -rf $(DA)
+	$(PY) -m data.shapes --out $(DA_DATA) --overwrite --train 1600 --test 300 --seed 0 --fog 0.02
+	$(PY) train.py $(DA_TRAIN) $(DA_CLEAN) --project $(DA) --name source_only
+	$(PY) train.py $(DA_TRAIN) $(DA_CLEAN) $(DA_BEST) --project $(DA) --name best_da
+	$(PY) train.py $(DA_TRAIN) --dataset_root $(DA_DATA)/foggy --project $(DA) --name oracle
+	$(PY) eval.py --weights $(DA)/source_only1/last.pth $(DA_EVAL) --name eval_source_only
+	$(PY) eval.py --weights $(DA)/source_only1/last.pth --adabn $(DA_DATA)/foggy $(DA_EVAL) --name eval_adabn
+	$(PY) eval.py --weights $(DA)/best_da1/last.pth $(DA_EVAL) --name eval_best_da
+	$(PY) eval.py --weights $(DA)/oracle1/last.pth $(DA_EVAL) --name eval_oracle
+	$(PY) -m utils.compare "source-only=$(DA)/eval_source_only1" "adabn (eval-time)=$(DA)/eval_adabn1" \
+		"$(DA_BEST_NAME)=$(DA)/eval_best_da1" "oracle=$(DA)/eval_oracle1" --out $(DA)/table.md
+	@echo "demo-da done: $(DA)/table.md (foggy shapes test split, 300 images)"
+
+# The other methods with the same budget, after demo-da: the rest of the README's table. (--da adabn trains the
+# source-only weights and then re-estimates BatchNorm on the target, which eval.py --adabn does to them: demo-da's row.)
+define da_run
+	$(PY) train.py $(DA_TRAIN) $(DA_CLEAN) $(2) --project $(DA) --name $(1)
+	$(PY) eval.py --weights $(DA)/$(1)1/last.pth $(DA_EVAL) --name eval_$(1)
+endef
+
+demo-da-all: $(STAMP)
+	test -d $(DA)/eval_oracle1 || $(MAKE) demo-da
+	$(call da_run,grl,--da grl)
+	$(call da_run,swda,--da grl --swda)
+	$(call da_run,mean_teacher,--da mean_teacher $(DA_MT))
+	$(PY) -m utils.compare "source-only=$(DA)/eval_source_only1" "adabn=$(DA)/eval_adabn1" "grl=$(DA)/eval_grl1" \
+		"grl --swda=$(DA)/eval_swda1" "mean_teacher=$(DA)/eval_mean_teacher1" "$(DA_BEST_NAME)=$(DA)/eval_best_da1" \
+		"oracle=$(DA)/eval_oracle1" --out $(DA)/table_all.md
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

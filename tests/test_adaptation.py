@@ -22,9 +22,16 @@ from layers.detection import Detect
 from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
 from ssd import build_ssd
 from tests.test_train import args_for, losses, run_main
-from utils.adaptation import AdaptationConfig, DomainAdaptation, ema_update, pseudo_labels, recompute_batchnorm
+from utils.adaptation import (
+    AdaptationConfig,
+    DomainAdaptation,
+    adapt_batchnorm,
+    ema_update,
+    pseudo_labels,
+    recompute_batchnorm,
+)
 from utils.augmentations import TargetViews
-from utils.checkpoint import read_checkpoint
+from utils.checkpoint import load_detector, read_checkpoint
 from utils.cli import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,3 +294,21 @@ def test_da_target_with_other_classes_is_refused(domains: tuple[Path, Path], tmp
     source, target = domains
     with pytest.raises(ValueError, match="same classes"):
         run_main(da_args(source, target, tmp_path, "--target_dataset", "VOC", "--da", "grl"))
+
+
+def test_train_time_adabn_is_eval_time_adabn_of_the_source_only_run(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    """BatchNorm's running statistics take no part in training, so --da adabn trains the source-only weights; its
+    statistics are then those eval.py --adabn gives the source-only checkpoint (README's AdaBN row)."""
+    source, target = domains
+    assert run_main(da_args(source, target, tmp_path / "plain", "--end_epoch", "1")) == 0
+    assert run_main(da_args(source, target, tmp_path / "adabn", "--end_epoch", "1", "--da", "adabn")) == 0
+    plain = read_checkpoint(tmp_path / "plain" / "exp1" / "last.pth")["model"]
+    adapted = read_checkpoint(tmp_path / "adabn" / "exp1" / "last.pth")["model"]
+    statistics = [key for key in plain if key.endswith(("running_mean", "running_var"))]
+    assert statistics and all(not torch.equal(plain[key], adapted[key]) for key in statistics)
+    for key in set(plain) - set(statistics) - {k for k in plain if k.endswith("num_batches_tracked")}:
+        assert torch.equal(plain[key], adapted[key]), key
+    model, info = load_detector(tmp_path / "plain" / "exp1" / "last.pth")
+    adapt_batchnorm(model, info, str(target), 4, 0, torch.device("cpu"))
+    for key in statistics:
+        torch.testing.assert_close(model.state_dict()[key], adapted[key], rtol=1e-5, atol=1e-6, msg=key)
