@@ -3,6 +3,8 @@
     python train.py --dataset VOC --dataset_root ~/data/VOCdevkit --end_epoch 100 --lr 1e-2
     torchrun --nproc_per_node=8 train.py --dataset VOC --dataset_root ~/data/VOCdevkit --batch_size 32 --amp
     python train.py --resume auto
+    python train.py --dataset Cityscapes --dataset_root data/cityscapes_in_voc \
+        --target_root data/foggy_cityscapes_in_voc --da grl mean_teacher      # domain adaptation (README)
 
 A run writes ``runs/train/exp<N>/``: ``args.json``, ``last.pth``, ``best.pth`` (by mAP), ``log.txt`` (one JSON
 line per epoch), ``results.csv`` and ``results.png``.

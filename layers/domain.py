@@ -60,7 +60,7 @@ class ImageDomainClassifier(nn.Module):
             logits (Tensor[B, 1, H, W]): this classifier's output.
             domains (Tensor[B]): 0 for a source image, 1 for a target image.
         """
-        labels = domains.to(logits.dtype).view(-1, 1, 1, 1).expand_as(logits)
+        labels = domains.to(logits.dtype).view(-1, 1, 1, 1).expand_as(logits)  # [B, 1, H, W]
         return F.binary_cross_entropy_with_logits(logits, labels)
 
 
@@ -70,6 +70,7 @@ class LocalDomainClassifier(nn.Module):
 
     Args:
         in_channels: channels of the low-level map it classifies (conv4_3 for VGG-16).
+        hidden: channels of the first hidden convolution (the second has half as many).
     """
 
     def __init__(self, in_channels: int, hidden: int = 256) -> None:
@@ -88,7 +89,7 @@ class LocalDomainClassifier(nn.Module):
     def loss(logits: Tensor, domains: Tensor) -> Tensor:
         """SWDA eq. 3: the squared error of the per-pixel domain probability, averaged (least squares keeps the
         gradient of well-aligned pixels small and stable)."""
-        labels = domains.to(logits.dtype).view(-1, 1, 1, 1)
+        labels = domains.to(logits.dtype).view(-1, 1, 1, 1)  # [B, 1, 1, 1], broadcast over the pixels
         return ((logits.sigmoid() - labels) ** 2).mean()
 
 
@@ -116,11 +117,11 @@ class GlobalDomainClassifier(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """features (Tensor[B, in_channels, H, W]) -> domain logits (Tensor[B, 1])."""
-        return self.fc(self.net(features).mean(dim=(2, 3)))
+        return self.fc(self.net(features).mean(dim=(2, 3)))  # pooled [B, hidden // 4] -> [B, 1]
 
     def loss(self, logits: Tensor, domains: Tensor) -> Tensor:
         """SWDA eq. 5, the focal loss ``-(1 - p)^gamma log p`` of the true domain's probability p, averaged over
         images: hard-to-classify (globally dissimilar) images dominate, easy ones barely count."""
-        labels = domains.to(logits.dtype).view(-1, 1)
+        labels = domains.to(logits.dtype).view(-1, 1)  # [B, 1]
         log_p = -F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # log p of the true domain
         return (-((1 - log_p.exp()) ** self.gamma) * log_p).mean()
