@@ -16,6 +16,7 @@ from torch import nn
 
 import eval as eval_script
 import inference
+import train
 from data.shapes import generate
 from data.unlabeled import ContinuingSampler, UnlabeledImages
 from layers.detection import Detect
@@ -32,7 +33,7 @@ from utils.adaptation import (
 )
 from utils.augmentations import TargetViews
 from utils.checkpoint import load_detector, read_checkpoint
-from utils.cli import parse_args
+from utils.cli import parse_args, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -281,12 +282,14 @@ def test_da_checkpoint_loads_in_eval_and_inference(domains: tuple[Path, Path], t
         (("--target_root", "TARGET", "--da", "adabn"), "only with --batch_norm"),
     ],
 )
-def test_da_flag_errors(domains: tuple[Path, Path], tmp_path: Path, extra: tuple[str, ...], message: str) -> None:
+def test_da_flag_errors(
+    domains: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, extra: tuple[str, ...], message: str
+) -> None:
     source, target = domains
     extra = tuple(word.replace("TARGET", str(target)) for word in extra)
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args_for(source, tmp_path, *extra)],
-                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert run_cli(train.main, train.get_args_parser(), args_for(source, tmp_path, *extra)) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error and len(error.strip().splitlines()) == 1, error
     assert not list(tmp_path.glob("exp*"))
 
 
