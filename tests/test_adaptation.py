@@ -315,3 +315,35 @@ def test_train_time_adabn_is_eval_time_adabn_of_the_source_only_run(domains: tup
     adapt_batchnorm(model, info, str(target), 4, 0, torch.device("cpu"))
     for key in statistics:
         torch.testing.assert_close(model.state_dict()[key], adapted[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_ctrl_c_in_an_epochs_last_step_resumes_with_its_end(
+    domains: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C during the last step saves the epoch's steps but not its end (AdaBN, log record); the resumed run
+    does that end first, and matches an uninterrupted run."""
+    import signal
+
+    from utils.training import Trainer
+
+    source, target = domains
+    common = ("--end_epoch", "2", "--da", "adabn")
+    assert run_main(da_args(source, target, tmp_path / "a", *common)) == 0
+    real_step, calls = Trainer.train_step, {"n": 0}
+
+    def sigint_during_second_step(self, *args):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 2:  # the last of epoch 1's two steps
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", sigint_during_second_step)
+    assert run_main(da_args(source, target, tmp_path / "b", *common)) == 130
+    saved = read_checkpoint(tmp_path / "b" / "exp1" / "last.pth")
+    assert (saved["epoch"], saved["epoch_step"], saved["epoch_steps"]) == (0, 2, 2)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert run_main(["--resume", str(tmp_path / "b" / "exp1" / "last.pth"), "--device", "cpu"]) == 0
+    assert losses(tmp_path / "b" / "exp1") == pytest.approx(losses(tmp_path / "a" / "exp1"), abs=1e-6)
+    a, b = (read_checkpoint(tmp_path / run / "exp1" / "last.pth")["model"] for run in ("a", "b"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)

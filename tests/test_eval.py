@@ -68,7 +68,9 @@ def test_compare_tool_tables_eval_runs(tmp_path: Path) -> None:
         (tmp_path / name / "ap.json").write_text(json.dumps(summary))
     table = comparison_table([read_run(f"{n}={tmp_path / n}") for n in ("one", "two")]).splitlines()
     assert table[0] == "| configuration | circle | star | mAP (voc07) | mAP (area) |"
-    assert table[2] == "| one | 0.5000 | 0.2500 | 0.3750 | 0.4000 |" and table[3].endswith("| 1.0000 | n/a | 0.3750 | 0.4000 |")
+    assert table[2] == "| one | 0.5000 | 0.2500 | 0.3750 | 0.4000 |" and table[3].endswith(
+        "| 1.0000 | n/a | 0.3750 | 0.4000 |"
+    )
     with pytest.raises(ValueError, match="NAME=FOLDER"):
         read_run(str(tmp_path / "one"))
 

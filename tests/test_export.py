@@ -296,7 +296,9 @@ def test_a_converted_torchvision_ssdlite_exports_end_to_end_with_its_semantics(t
                               info.postprocess.decode_clamp)  # fmt: skip
     assert settings.clip_boxes and settings.decode_clamp is not None and info.preprocess.resize == "torchvision"
     export_onnx(model, info, tmp_path / "lite.onnx", ExportSpec("detections", settings, include_preprocess=True))
-    got = Predictor(OnnxRunner(tmp_path / "lite.onnx"))(scenes[:1]) + Predictor(OnnxRunner(tmp_path / "lite.onnx"))(scenes[1:])
+    got = Predictor(OnnxRunner(tmp_path / "lite.onnx"))(scenes[:1]) + Predictor(OnnxRunner(tmp_path / "lite.onnx"))(
+        scenes[1:]
+    )
     expected = Predictor(TorchRunner(model, info), settings)(scenes)
     for a, b, scene in zip(expected, got, scenes, strict=True):
         diffs = compare_detections(a, b, settings, (scene.shape[1], scene.shape[0]))

@@ -47,7 +47,9 @@ def test_every_underscore_flag_has_its_hyphen_spelling(script: str) -> None:
 
 
 def test_documented_spellings_keep_working() -> None:
-    args = eval_script.get_args_parser().parse_args(["--trained_model", "w.pth", "--voc_root", "d", "--dataset", "coco"])
+    args = eval_script.get_args_parser().parse_args(
+        ["--trained_model", "w.pth", "--voc_root", "d", "--dataset", "coco"]
+    )
     assert args.weights == "w.pth" and args.dataset_root == "d" and args.dataset == "COCO"
     args = train.get_args_parser().parse_args(["--end-epoch", "3", "--dataset-root", "d"])
     assert args.end_epoch == 3 and args.dataset_root == "d"

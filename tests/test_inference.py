@@ -58,7 +58,9 @@ def test_single_image_is_drawn_at_original_resolution(weights: Path, tmp_path: P
     assert abs(columns.min() - x0) <= 2 and abs(columns.max() - x1) <= 2
     label = (tmp_path / "runs" / "exp1" / "labels" / "scene.txt").read_text().split()
     classes = (tmp_path / "runs" / "exp1" / "labels" / "classes.txt").read_text().splitlines()
-    assert classes[int(label[0])] == "square" and [float(v) for v in label[2:]] == pytest.approx([x0, y0, x1, y1], abs=0.2)
+    assert classes[int(label[0])] == "square" and [float(v) for v in label[2:]] == pytest.approx(
+        [x0, y0, x1, y1], abs=0.2
+    )
     predictions = json.loads((tmp_path / "runs" / "exp1" / "predictions.json").read_text())
     assert predictions[0]["labels"] == ["square"] and predictions[0]["source"] == str(tmp_path / "scene.png")
 

@@ -28,10 +28,24 @@ def test_two_nodes_through_c10d_equal_one_process(shapes: Path, tmp_path: Path) 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-             f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=ssd-test",
-             str(ROOT / "train.py"), *args_for(shapes, tmp_path / "multi", *sgd)],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={rank}",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={endpoint}",
+                "--rdzv_id=ssd-test",
+                str(ROOT / "train.py"),
+                *args_for(shapes, tmp_path / "multi", *sgd),
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )  # fmt: skip
         for rank in (0, 1)
     ]

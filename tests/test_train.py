@@ -208,7 +208,10 @@ def test_resume_never_ignores_a_typed_flag(shapes: Path, tmp_path: Path, caplog:
     assert run_main([*resume, "--end_epoch", "2"]) == 0
     records = [json.loads(line) for line in (tmp_path / "runs" / "exp1" / "log.txt").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and "note" not in records[0]
-    assert "changed from 1 to 2" in records[1]["note"] and "not equal to an uninterrupted 2-epoch run" in records[1]["note"]
+    assert (
+        "changed from 1 to 2" in records[1]["note"]
+        and "not equal to an uninterrupted 2-epoch run" in records[1]["note"]
+    )
     assert read_checkpoint(tmp_path / "runs" / "exp1" / "last.pth")["epoch"] == 2
 
 

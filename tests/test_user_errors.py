@@ -42,7 +42,11 @@ def test_shapes_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path, cap
         (train, ["--batch_size", "0"], "argument --batch_size/--batch-size: 0 is out of range: need 1 <= value"),
         (train, ["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
         (train, ["--max_expand", "0.5"], "argument --max_expand/--max-expand: 0.5 is out of range"),
-        (eval_script, ["--dataset_root", "d", "--nms_thresh", "1.5"], "argument --nms_thresh/--nms-thresh: 1.5 is out of range"),
+        (
+            eval_script,
+            ["--dataset_root", "d", "--nms_thresh", "1.5"],
+            "argument --nms_thresh/--nms-thresh: 1.5 is out of range",
+        ),
         (eval_script, ["--dataset_root", "d", "--top_k", "0"], "argument --top_k/--top-k: 0 is out of range"),
         (inference, ["--batch_size", "-2"], "argument --batch_size/--batch-size: -2 is out of range"),
         (shapes, ["--size", "100000"], "argument --size: 100000 is out of range: need 158 <= value <= 4096"),  # case 11
@@ -121,7 +125,9 @@ def test_split_files_hold_one_id_per_line(tmp_path: Path) -> None:  # case 13
     folder = tmp_path / "d"
     write_voc_folder(folder, "trainval", {"a": (40, 40, [])})
     (folder / "ImageSets" / "Main" / "trainval.txt").write_bytes("\ufeffa\nmy photo\n".encode())
-    with pytest.raises(ValueError, match="trainval.txt, line 2: 'my photo' is not one image id; .*cannot contain spaces"):
+    with pytest.raises(
+        ValueError, match="trainval.txt, line 2: 'my photo' is not one image id; .*cannot contain spaces"
+    ):
         VOCFormatDataset([(folder, "trainval")], ["cat"])
     (folder / "ImageSets" / "Main" / "trainval.txt").write_bytes("\ufeffa\n".encode())  # a BOM is not part of the id
     assert VOCFormatDataset([(folder, "trainval")], ["cat"]).ids == ["a"]
@@ -148,5 +154,7 @@ def test_project_must_be_a_writable_folder(tmp_path: Path, capsys, monkeypatch) 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
 def test_device_names_the_accepted_forms(device: str, tmp_path: Path, capsys) -> None:  # case 10
-    status, err = cli(eval_script, ["--dataset_root", str(tmp_path), "--device", device, "--project", str(tmp_path)], capsys)
+    status, err = cli(
+        eval_script, ["--dataset_root", str(tmp_path), "--device", device, "--project", str(tmp_path)], capsys
+    )
     assert status == 2 and err.strip() == f"error: --device {device} is not a device; use auto, cpu, cuda or cuda:N"
