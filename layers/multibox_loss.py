@@ -79,7 +79,12 @@ class MultiBoxLoss(nn.Module):
         self.normalizer = normalizer
 
     def forward(
-        self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor, targets: list[Tensor]
+        self,
+        loc_preds: Tensor,
+        conf_preds: Tensor,
+        priors: Tensor,
+        targets: list[Tensor],
+        ignore: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Compute ``(loss_l, loss_c)``.
 
@@ -89,6 +94,8 @@ class MultiBoxLoss(nn.Module):
             priors (Tensor[P, 4]): cxcywh.
             targets: B tensors [N_i, 5] of ``(xmin, ymin, xmax, ymax, label)``, relative xyxy, ``label`` the
                 0-based foreground index; N_i may be 0.
+            ignore (Tensor[B, P] bool | None): priors never mined as negatives (pseudo-labels: where the teacher is
+                unsure, a prior is neither object nor background); a matched prior stays positive.
 
         Returns:
             Two scalar tensors, each divided by the count N (see the class docstring).
@@ -115,14 +122,15 @@ class MultiBoxLoss(nn.Module):
             prior_loss = F.cross_entropy(logits, conf_targets.flatten(), reduction="none").view(batch_size, -1)
             # Per image, the num_neg background priors with the highest loss. One topk of the largest
             # num_neg in the batch (hundreds of priors, not all P) replaces a full sort per image.
-            mining_loss = prior_loss.masked_fill(positive, float("-inf"))
+            excluded = positive if ignore is None else positive | ignore
+            mining_loss = prior_loss.masked_fill(excluded, float("-inf"))
             num_neg = self.neg_pos_ratio * num_pos
             num_neg = torch.where(num_pos > 0, num_neg, torch.full_like(num_neg, self.empty_image_negatives))
             num_neg = num_neg.clamp(max=num_priors - 1)  # [B]
             most = int(num_neg.max()) if batch_size else 0
             hardest = mining_loss.topk(most, dim=1).indices  # [B, most], hardest first
             chosen = torch.arange(most, device=num_neg.device) < num_neg.unsqueeze(1)  # [B, most]
-            negative = torch.zeros_like(positive).scatter_(1, hardest, chosen) & ~positive  # [B, P]
+            negative = torch.zeros_like(positive).scatter_(1, hardest, chosen) & ~excluded  # [B, P]
 
         # The differentiable cross-entropy only over the priors that count (positives and mined negatives).
         selected = positive | negative

@@ -60,11 +60,18 @@ def plain_match(target: Tensor, priors: Tensor, threshold: float = 0.5) -> tuple
 
 
 def plain_multibox_loss(
-    loc: Tensor, conf: Tensor, priors: Tensor, targets: list[Tensor], neg_pos_ratio: int = 3, empty_negatives: int = 100
+    loc: Tensor,
+    conf: Tensor,
+    priors: Tensor,
+    targets: list[Tensor],
+    neg_pos_ratio: int = 3,
+    empty_negatives: int = 100,
+    ignore: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """ssd.pytorch's MultiBoxLoss with its mask bug fixed: match() image by image, then smooth-L1 on the positives
     and cross-entropy on them and each image's ``neg_pos_ratio`` hardest negatives per positive (ranked by a double
-    sort; ``empty_negatives`` in an image without positives), both divided by the number of positives."""
+    sort; ``empty_negatives`` in an image without positives), both divided by the number of positives. Priors
+    flagged in ``ignore`` [B, P] are never negatives."""
     matched = [plain_match(target, priors) for target in targets]
     loc_t = torch.stack([loc_target for loc_target, _ in matched])  # [B, P, 4]
     conf_t = torch.stack([conf_target for _, conf_target in matched])  # [B, P]
@@ -72,10 +79,11 @@ def plain_multibox_loss(
     num_pos = pos.sum(1, keepdim=True)  # [B, 1]
     loss_l = F.smooth_l1_loss(loc[pos], loc_t[pos], reduction="sum")
     ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), conf_t.reshape(-1), reduction="none").view(conf_t.shape)
-    mining = ce.detach().masked_fill(pos, 0.0)
+    ignore = torch.zeros_like(pos) if ignore is None else ignore & ~pos
+    mining = ce.detach().masked_fill(pos, 0.0).masked_fill(ignore, float("-inf"))
     rank = mining.argsort(1, descending=True).argsort(1)  # [B, P] each prior's place in its image's ranking
     num_neg = torch.where(num_pos > 0, neg_pos_ratio * num_pos, empty_negatives).clamp(max=priors.shape[0] - 1)
-    loss_c = ce[pos | (rank < num_neg)].sum()
+    loss_c = ce[pos | ((rank < num_neg) & ~ignore)].sum()
     total = max(int(num_pos.sum()), 1)
     return loss_l / total, loss_c / total
 

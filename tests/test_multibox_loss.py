@@ -37,6 +37,20 @@ def test_batched_loss_equals_per_image_loop(
     torch.testing.assert_close(loss_c.cpu(), ref_c, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ignored_priors_are_never_mined(priors: torch.Tensor, seed: int) -> None:
+    loc, conf = random_predictions(3, priors.shape[0], seed + 20)
+    targets = random_targets([2, 0, 4], torch.Generator().manual_seed(seed + 30))
+    ignore = torch.rand(3, priors.shape[0], generator=torch.Generator().manual_seed(seed + 40)) < 0.3
+    criterion = MultiBoxLoss(NUM_CLASSES, negatives_norm="ssd_pytorch")
+    loss_l, loss_c = criterion(loc, conf, priors, targets, ignore)
+    ref_l, ref_c = plain_multibox_loss(loc, conf, priors, targets, ignore=ignore)
+    torch.testing.assert_close(loss_l, ref_l, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_c, ref_c, rtol=1e-5, atol=1e-5)
+    nothing = criterion(loc, conf, priors, targets, torch.zeros_like(ignore))
+    assert all(torch.equal(a, b) for a, b in zip(nothing, criterion(loc, conf, priors, targets), strict=True))
+
+
 def test_gradients_match_the_loop(priors: torch.Tensor, device: torch.device) -> None:
     loc, conf = random_predictions(2, priors.shape[0], 7)
     targets = random_targets([3, 1], torch.Generator().manual_seed(8))

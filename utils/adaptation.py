@@ -270,6 +270,7 @@ class DomainAdaptation:
         batch_size = images.shape[0]
         memory_format = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
         pseudo: list[Tensor] | None = None
+        unsure: Tensor | None = None
         student_images = images
         if target_views is not None:
             target_views = target_views.to(images.device, images.dtype, non_blocking=True)
@@ -281,6 +282,10 @@ class DomainAdaptation:
                 with torch.no_grad(), autocast:
                     teacher_loc, teacher_conf = self.teacher(weak)  # weak: [B_t, 3, S, S]
                 pseudo = pseudo_labels(self.detect, teacher_loc.float(), teacher_conf.float(), detector.priors)
+                # SSD mines its negatives among the most object-like background priors, which on a target image are
+                # the objects the teacher missed: only priors the teacher calls background as surely as it must call
+                # a pseudo-label an object may be mined.
+                unsure = teacher_conf.float().softmax(dim=-1)[..., 0] <= self.config.pseudo_threshold  # [B_t, P]
             student_images = torch.cat([images, target_views[:, -1]])  # [B + B_t, 3, S, S]; strong views for MT
             if memory_format is not None:
                 student_images = student_images.contiguous(memory_format=memory_format)
@@ -297,7 +302,7 @@ class DomainAdaptation:
                                                      detector.priors, targets)  # fmt: skip
         if pseudo is not None:
             # Box regression from pseudo-labels is left out: their boxes are the noisiest part (Unbiased Teacher §3.3).
-            _, unsup_c = criterion(loc_preds[batch_size:], conf_preds[batch_size:], detector.priors, pseudo)
+            _, unsup_c = criterion(loc_preds[batch_size:], conf_preds[batch_size:], detector.priors, pseudo, unsure)
             terms["loss_unsup"] = self.config.unsup_weight * unsup_c
         elif "mean_teacher" in self.methods:
             terms["loss_unsup"] = torch.zeros((), device=images.device)
