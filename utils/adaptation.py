@@ -353,7 +353,9 @@ def recompute_batchnorm(model: nn.Module, loader: Iterable[Tensor], device: torc
             seen += views.shape[0]
             yield views[:, 0]  # [B, 3, S, S]
 
-    work = copy.deepcopy(model)
+    # A copy in the default memory format: train.py's channels_last model and eval.py's loaded one then sum the
+    # statistics in the same order, to the same bits.
+    work = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     torch.optim.swa_utils.update_bn(first_views(), work, device)
     for mine, estimated in zip(model.modules(), work.modules(), strict=True):
         if isinstance(mine, nn.modules.batchnorm._BatchNorm) and mine.track_running_stats:
