@@ -31,7 +31,7 @@ from utils.adaptation import (
     pseudo_labels,
     recompute_batchnorm,
 )
-from utils.augmentations import TargetViews
+from utils.augmentations import SSDAugmentation, TargetViews
 from utils.checkpoint import load_detector, read_checkpoint
 from utils.cli import parse_args, run_cli
 
@@ -101,7 +101,7 @@ def test_domain_losses_match_their_formulas() -> None:
 def test_target_images_never_open_annotations(domains: tuple[Path, Path]) -> None:
     _, target = domains
     assert not (target / "Annotations").exists()
-    dataset = UnlabeledImages([(target, "trainval")], TargetViews(64, strong=True), seed=1)
+    dataset = UnlabeledImages([(target, "trainval")], TargetViews(64, views=("weak", "strong")), seed=1)
     views = dataset[(2, 5)]
     assert len(dataset) == 8 and views.shape == (2, 3, 64, 64) and views.dtype == torch.float32
     assert torch.equal(views, dataset[(2, 5)])  # a key fixes its views
@@ -113,11 +113,35 @@ def test_strong_view_keeps_the_weak_views_geometry() -> None:
     image[:, :20] = 255  # a bright left third: the flip is visible
     for seed in range(8):
         weak_only = TargetViews(32, mean=(0, 0, 0))(image, np.random.default_rng(seed))
-        both = TargetViews(32, mean=(0, 0, 0), strong=True)(image, np.random.default_rng(seed))
+        both = TargetViews(32, mean=(0, 0, 0), views=("weak", "strong"))(image, np.random.default_rng(seed))
         assert np.array_equal(weak_only[0], both[0])  # the same draws make the same weak view
         flipped = both[0][0, :, -1].mean() > both[0][0, :, 0].mean()
         strong = both[1].mean(axis=0)  # [32, 32]; cutout may hide parts, colours change, the sides stay put
         assert (np.median(strong[:, -8:]) >= np.median(strong[:, :8])) == flipped or np.ptp(strong) == 0
+
+
+def test_augmented_view_is_the_source_augmentation_without_boxes() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    augmentation = SSDAugmentation(32, mean=(104, 117, 123), max_expand=2)
+    views = TargetViews(32, mean=(104, 117, 123), views=("augmented",), augmentation=augmentation)
+    for seed in range(6):
+        expected, boxes, labels = augmentation(image, np.zeros((0, 4)), np.zeros(0), np.random.default_rng(seed))
+        got = views(image, np.random.default_rng(seed))
+        assert got.shape == (1, 3, 32, 32) and np.array_equal(got[0], expected) and boxes.shape == (0, 4)
+
+
+def test_grl_compares_domains_through_the_same_augmentation() -> None:
+    # grl's classifiers see augmented target images, as the source's; the mean teacher's student sees the strong
+    # view (whose pixels keep the weak view's places, where the pseudo-labels are), and grl beside it shares it.
+    assert AdaptationConfig(("grl",)).views == ("augmented",)
+    assert AdaptationConfig(("mean_teacher",)).views == AdaptationConfig(("grl", "mean_teacher")).views
+    assert AdaptationConfig(("grl", "mean_teacher")).views == ("weak", "strong")
+    assert AdaptationConfig(("adabn",)).views == ()
+    for bad in [(), ("strong",), ("strong", "weak"), ("weak", "blurry")]:
+        with pytest.raises(ValueError, match="target views"):
+            TargetViews(32, views=bad)
+    with pytest.raises(ValueError, match="augmentation"):
+        TargetViews(32, views=("augmented",))
 
 
 def test_continuing_sampler_is_fixed_by_the_step_and_split_over_ranks() -> None:

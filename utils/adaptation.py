@@ -47,24 +47,25 @@ class Method:
         name: its ``--da`` value.
         papers: where it comes from (README, "Domain adaptation", says which defaults follow them).
         flags: its hyperparameters: train.py flags and :class:`AdaptationConfig` fields of the same names.
-        views: target views per image its steps read: 0 none (it reads target images between epochs only), 1 the
-            weak view, 2 the weak and the strong view.
+        views: the target views (:class:`~utils.augmentations.TargetViews` kinds) its steps read; none when it
+            reads target images between epochs only. The student's target input is the last.
         needs_batchnorm: the network must have BatchNorm layers.
     """
 
     name: str
     papers: str
     flags: tuple[str, ...]
-    views: int
+    views: tuple[str, ...]
     needs_batchnorm: bool = False
 
 
 METHODS: dict[str, Method] = {
     "grl": Method("grl", "DA-Faster (Chen et al., CVPR 2018); SWDA (Saito et al., CVPR 2019)",
-                  ("grl_weight", "grl_levels", "swda"), views=1),
+                  ("grl_weight", "grl_levels", "swda"), views=("augmented",)),
     "mean_teacher": Method("mean_teacher", "Unbiased Teacher (Liu et al., ICLR 2021); Adaptive Teacher (Li et al., "
-                           "CVPR 2022)", ("ema_decay", "pseudo_threshold", "unsup_weight", "burn_in"), views=2),
-    "adabn": Method("adabn", "AdaBN (Li et al., 2016)", (), views=0, needs_batchnorm=True),
+                           "CVPR 2022)", ("ema_decay", "pseudo_threshold", "unsup_weight", "burn_in"),
+                           views=("weak", "strong")),
+    "adabn": Method("adabn", "AdaBN (Li et al., 2016)", (), views=(), needs_batchnorm=True),
 }  # fmt: skip
 DA_METHODS = tuple(METHODS)
 # The split of a target folder whose images adaptation reads: the unlabeled training images (Foggy Cityscapes train
@@ -104,9 +105,10 @@ class AdaptationConfig:
             raise ValueError(f"unknown domain adaptation method(s) {unknown}; choose from {list(DA_METHODS)}")
 
     @property
-    def views(self) -> int:
-        """Target views per image the steps read (the largest of the methods')."""
-        return max((METHODS[name].views for name in self.methods), default=0)
+    def views(self) -> tuple[str, ...]:
+        """The target views the steps read: those of the method that reads the most (with ``mean_teacher``, the
+        weak and strong views; the domain classifiers of ``grl`` then see the strong one, the student's input)."""
+        return max((METHODS[name].views for name in self.methods), key=len, default=())
 
     @classmethod
     def from_args(cls, args: object) -> AdaptationConfig:
@@ -372,6 +374,6 @@ def adapt_batchnorm(
     ``--da adabn`` calls it after every epoch, eval.py's ``--adabn`` before evaluating. Returns the images seen."""
     if not has_batchnorm(model):
         raise ValueError(f"AdaBN re-estimates BatchNorm statistics, and this {model.config.backbone} SSD has none")
-    views = TargetViews(model.config.size, info.preprocess.mean, info.preprocess.std, flip=False)
+    views = TargetViews(model.config.size, info.preprocess.mean, info.preprocess.std, ("weak",), flip=False)
     loader = DataLoader(UnlabeledImages([(root, TARGET_SPLIT)], views), batch_size, num_workers=num_workers)
     return recompute_batchnorm(model, loader, device)

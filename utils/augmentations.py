@@ -471,21 +471,32 @@ CUTOUT_STEPS: tuple[tuple[float, tuple[float, float], tuple[float, float]], ...]
 )
 
 
+_NO_BOXES = np.zeros((0, 4), dtype=np.float32)
+_NO_LABELS = np.zeros(0, dtype=np.int64)
+
+
 class TargetViews:
     """The views of an unlabeled target image for domain adaptation: no boxes in, none out.
 
-    The weak view is the image resized to ``size`` and mirrored with probability 1/2. The strong view is the weak
-    view with photometric changes only (SSD's colour distortion, greyscale with probability 0.2, a Gaussian blur
-    of sigma 0.1-2 with probability 0.5, and :data:`CUTOUT_STEPS`), so a box found on the weak view lies at the
-    same place on the strong one (Adaptive Teacher's weak/strong pair, Li et al., CVPR 2022, §3.2).
+    Three kinds of view, returned in the order ``views`` names them:
+
+    * ``"weak"``: the image resized to ``size`` and mirrored with probability 1/2 (the teacher's input).
+    * ``"strong"``: the weak view with photometric changes only (SSD's colour distortion, greyscale with
+      probability 0.2, a Gaussian blur of sigma 0.1-2 with probability 0.5, and :data:`CUTOUT_STEPS`), so a box
+      found on the weak view lies at the same place on the strong one (Adaptive Teacher's weak/strong pair,
+      Li et al., CVPR 2022, §3.2). It needs the weak view before it.
+    * ``"augmented"``: the source's training augmentation (``augmentation``), without boxes. A domain classifier
+      compares it with the augmented source images: both domains pass through the same augmentation, so only the
+      domain tells them apart (DA-Faster treats both domains alike; a resized target image beside expanded,
+      cropped and recoloured source images would let the classifier learn the augmentation instead).
 
     Args:
         size, mean, std: as :class:`BaseTransform`.
-        strong: also return the strong view.
+        views: the kinds returned, from ``"weak"``, ``"strong"`` and ``"augmented"``.
         flip: mirror the weak view with probability 1/2 (off: the weak view is the test-time input).
+        augmentation: the source's :class:`SSDAugmentation`, for ``"augmented"``.
 
-    ``__call__(image, rng)`` takes uint8 [H, W, 3] BGR and returns float32 [V, 3, size, size], V = 2 with
-    ``strong`` (weak, strong), else 1.
+    ``__call__(image, rng)`` takes uint8 [H, W, 3] BGR and returns float32 [V, 3, size, size], V = len(views).
     """
 
     def __init__(
@@ -493,24 +504,41 @@ class TargetViews:
         size: int = 300,
         mean: tuple[float, ...] = CAFFE_MEAN_BGR,
         std: tuple[float, ...] | None = None,
-        strong: bool = False,
+        views: tuple[str, ...] = ("weak",),
         flip: bool = True,
+        augmentation: SSDAugmentation | None = None,
     ) -> None:
+        unknown = sorted(set(views) - {"weak", "strong", "augmented"})
+        if unknown or not views:
+            raise ValueError(f"target views {list(views)}: give one or more of 'weak', 'strong', 'augmented'")
+        if "strong" in views and "weak" not in views[: views.index("strong")]:
+            raise ValueError(f"target views {list(views)}: the strong view is made from a weak view before it")
+        if "augmented" in views and augmentation is None:
+            raise ValueError("the 'augmented' target view needs the source's augmentation")
         self.size = size
+        self.views = tuple(views)
         self.flip = flip
         self.mean = np.asarray(mean, dtype=np.float32)
         self.inv_std = None if std is None else 1.0 / np.asarray(std, dtype=np.float32)
-        self.strong = strong
+        self.augmentation = augmentation
         self._distort = SSDAugmentation(size, mean, std)  # its photometric step only
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        weak = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        if self.flip and rng.random() < 0.5:
-            weak = cv2.flip(weak, 1)
-        views = [weak]
-        if self.strong:
-            views.append(self.strong_view(weak, rng))
-        return np.stack([_to_output(view, self.mean, self.inv_std, self.size) for view in views])
+        outputs: list[np.ndarray] = []
+        weak: np.ndarray | None = None
+        for kind in self.views:
+            if kind == "augmented":
+                outputs.append(self.augmentation(image, _NO_BOXES, _NO_LABELS, rng)[0])  # [3, S, S]
+                continue
+            if kind == "weak":
+                weak = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+                if self.flip and rng.random() < 0.5:
+                    weak = cv2.flip(weak, 1)
+                view = weak
+            else:
+                view = self.strong_view(weak, rng)
+            outputs.append(_to_output(view, self.mean, self.inv_std, self.size))
+        return np.stack(outputs)
 
     def strong_view(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Photometric changes of a uint8 [h, w, 3] BGR image; no pixel moves."""

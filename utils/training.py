@@ -310,17 +310,23 @@ def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Pat
     return {"end_epoch": end_epoch, "length_changes": [*saved.get("length_changes", []), note]}
 
 
-def build_train_loader(
-    args: argparse.Namespace, preset: DatasetPreset, info: DetectorInfo, dist: DistInfo, device: torch.device
-) -> tuple[DetectionDataset, EpochSampler, DataLoader]:
-    """The augmented training set, its resumable sampler and the loader of this process's share of a batch.
+def train_augmentation(args: argparse.Namespace, info: DetectorInfo) -> SSDAugmentation:
+    """The training augmentation of ``args`` (``--max_expand``, ``--crop_samplers``) for ``info``'s detector.
 
     Training images are resized by OpenCV whatever ``info.preprocess.resize`` says (test time may resize as
     torchvision does, for checkpoints converted from it); both are bilinear with half-pixel centres.
     """
     preprocess = info.preprocess
-    augmentation = SSDAugmentation(info.config.size, preprocess.mean, preprocess.std, max_expand=args.max_expand,
-                                   crop_samplers=args.crop_samplers)  # fmt: skip
+    return SSDAugmentation(info.config.size, preprocess.mean, preprocess.std, max_expand=args.max_expand,
+                           crop_samplers=args.crop_samplers)  # fmt: skip
+
+
+def build_train_loader(
+    args: argparse.Namespace, preset: DatasetPreset, info: DetectorInfo, dist: DistInfo, device: torch.device
+) -> tuple[DetectionDataset, EpochSampler, DataLoader]:
+    """The augmented training set (:func:`train_augmentation`), its resumable sampler and the loader of this
+    process's share of a batch."""
+    augmentation = train_augmentation(args, info)
     dataset = build_dataset(preset, args.dataset_root, "train", augmentation, args.image_set, args.keep_difficult,
                             args.skip_bad, args.seed)  # fmt: skip
     if len(dataset) < args.batch_size:
@@ -341,12 +347,14 @@ def target_preset(args: argparse.Namespace, source: DatasetPreset) -> DatasetPre
 
 
 def build_target_loader(
-    args: argparse.Namespace, info: DetectorInfo, views: int, dist: DistInfo, device: torch.device
+    args: argparse.Namespace, info: DetectorInfo, views: tuple[str, ...], dist: DistInfo, device: torch.device
 ) -> tuple[ContinuingSampler, DataLoader]:
-    """The unlabeled target images of ``--target_root`` (its trainval split; annotations never opened), in batches of
+    """The unlabeled target images of ``--target_root`` (its trainval split; annotations never opened) as ``views``
+    (:class:`~utils.augmentations.TargetViews`; "augmented" is the source's :func:`train_augmentation`), in batches of
     ``--batch_size`` split over the processes as the source's, in an order fixed by the training step."""
     preprocess = info.preprocess
-    transform = TargetViews(info.config.size, preprocess.mean, preprocess.std, strong=views == 2)
+    augmentation = train_augmentation(args, info) if "augmented" in views else None
+    transform = TargetViews(info.config.size, preprocess.mean, preprocess.std, views, augmentation=augmentation)
     dataset = UnlabeledImages([(args.target_root, TARGET_SPLIT)], transform, args.seed + 1)
     sampler = ContinuingSampler(len(dataset), args.batch_size, args.seed + 1, dist.world_size, dist.rank)
     loader = DataLoader(dataset, args.batch_size // dist.world_size, sampler=sampler, num_workers=args.num_workers,
