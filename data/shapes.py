@@ -39,17 +39,17 @@ SPLITS = {"trainval": 0, "test": 1}
 
 # The fog scenes' ground plane, seen by a level camera (draw_scene). Depths are in metres; sizes in pixels.
 HORIZON = 0.3  # the horizon row, as a fraction of the image side from the top
-D_NEAR = 20.0  # depth of the ground at the bottom edge of the image
+D_NEAR = 24.0  # depth of the ground at the bottom edge of the image
 D_MAX = 300.0  # depth of the sky, and the cap of the ground's depth near the horizon
 # Extent of an object standing on the bottom edge, before the MAX_SIZE clip. With D_NEAR it puts the farthest objects,
-# SCENE_MIN_SIZE across, at S_NEAR * D_NEAR / SCENE_MIN_SIZE = 106 m, where beta 0.02 (Foggy Cityscapes' densest fog)
-# leaves t = exp(-2.1) ~ 0.12 (a contrast of 120 grey levels becomes 15: faint, as far cars are in Foggy Cityscapes),
-# objects of 60 px t ~ 0.32 and the nearest t ~ exp(-0.45) ~ 0.64.
+# SCENE_MIN_SIZE across, at S_NEAR * D_NEAR / SCENE_MIN_SIZE = 127.5 m, where beta 0.02 (Foggy Cityscapes' densest fog)
+# leaves t = exp(-2.55) ~ 0.08 (a contrast of 120 grey levels becomes 9: faint, as far cars are in Foggy Cityscapes),
+# objects of 60 px t ~ 0.26 and the nearest (150 px, 27 m) t ~ exp(-0.54) ~ 0.58.
 S_NEAR = 170.0
 SCENE_MIN_SIZE = 32  # the smallest (farthest) objects of a scene, larger than draw_sample's, so fog, not size, decides
 SIZE_JITTER = 0.15  # objects' real sizes differ: each extent is the perspective's times U(1 - 0.15, 1 + 0.15)
 AIRLIGHT_RANGE = (0.75, 0.95)  # the atmospheric light's grey level, a fraction of 255, drawn once per image
-FOG_GENERATOR_VERSION = 4  # recorded in fog.json; raise it whenever draw_scene or add_fog draws differently
+FOG_GENERATOR_VERSION = 5  # recorded in fog.json; raise it whenever draw_scene or add_fog draws differently
 _AIRLIGHT_STREAM = 7  # a fourth seed word: the airlight has its own generator, so clean scenes ignore the fog
 
 
