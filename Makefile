@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 DEMO_DATA := data/shapes
 DEMO_RECIPE := --dataset Shapes --basenet none --width 0.125 --batch_norm --priors COCO --max_expand 2 \
-	--optimizer adamw --lr 2e-3 --weight_decay 5e-4 --batch_size 16 --end_epoch 9 --warmup_epochs 0.3 \
+	--optimizer adamw --lr 2e-3 --weight_decay 5e-4 --batch_size 16 --warmup_epochs 0.3 \
 	--num_workers 2 --seed 0
-DEMO_TRAIN := $(DEMO_RECIPE) --dataset_root $(DEMO_DATA) --eval_interval 9
+DEMO_TRAIN := $(DEMO_RECIPE) --end_epoch 9 --dataset_root $(DEMO_DATA) --eval_interval 9
 
 # The domain adaptation demo (README, "Domain adaptation"): foggy shapes, make demo's recipe for every configuration
 # (the same iterations at the same batch), each scored on the foggy test split.
@@ -56,6 +56,8 @@ demo: $(STAMP)
 demo-da: $(STAMP)
 	rm -rf $(DA)
 	$(PY) -m data.shapes --out $(DA_DATA) --overwrite --train 2000 --test 300 --seed 0 --fog 0.02
+	$(PY) -m utils.figures grid --images "$(DA_DATA)/*/JPEGImages/test_00000[0-3].jpg" --columns 4 --cell 240 \
+		--out figures/foggy_shapes.jpg
 	$(PY) train.py $(DA_TRAIN) $(DA_CLEAN) --project $(DA) --name source_only
 	$(PY) train.py $(DA_TRAIN) --dataset_root $(DA_DATA)/foggy --project $(DA) --name oracle
 	$(if $(DA_BEST),$(PY) train.py $(DA_TRAIN) $(DA_CLEAN) $(DA_BEST) --project $(DA) --name best_da)
