@@ -22,8 +22,7 @@ DA_CLEAN := --dataset_root $(DA_DATA)/clean --target_root $(DA_DATA)/foggy
 # The mean teacher's schedule, scaled to this short run: 2/3 source-only burn-in, an EMA of ~100 steps.
 DA_MT := --burn_in 1000 --ema_decay 0.99
 # A trained method for demo-da's table beside AdaBN. Empty: AdaBN, applied at evaluation, is the best single method
-# measured (mean_teacher is 0.004 below it; mean_teacher then eval.py --adabn is best, but its training would take
-# demo-da past 25 minutes: demo-da-all has it).
+# measured (README, "Domain adaptation"), and training one more configuration would take demo-da past 25 minutes.
 DA_BEST :=
 DA_BEST_NAME :=
 DA_EVAL := --dataset Shapes --dataset_root $(DA_DATA)/foggy --num_workers 2 --project $(DA)

@@ -486,9 +486,11 @@ class TargetViews:
       found on the weak view lies at the same place on the strong one (Adaptive Teacher's weak/strong pair,
       Li et al., CVPR 2022, §3.2). It needs the weak view before it.
     * ``"augmented"``: the source's training augmentation (``augmentation``), without boxes. A domain classifier
-      compares it with the augmented source images: both domains pass through the same augmentation, so only the
-      domain tells them apart (DA-Faster treats both domains alike; a resized target image beside expanded,
-      cropped and recoloured source images would let the classifier learn the augmentation instead).
+      compares it with the augmented source images: both domains are recoloured, expanded, cropped and mirrored
+      alike (DA-Faster treats both domains alike; a resized target image beside expanded, cropped and recoloured
+      source images lets the classifier learn the augmentation instead). Not exactly alike: without boxes only the
+      unconstrained crop sampler applies, so a target image is cropped less often than a source image, whose
+      crops also follow its objects.
 
     Args:
         size, mean, std: as :class:`BaseTransform`.
@@ -513,8 +515,15 @@ class TargetViews:
             raise ValueError(f"target views {list(views)}: give one or more of 'weak', 'strong', 'augmented'")
         if "strong" in views and "weak" not in views[: views.index("strong")]:
             raise ValueError(f"target views {list(views)}: the strong view is made from a weak view before it")
-        if "augmented" in views and augmentation is None:
-            raise ValueError("the 'augmented' target view needs the source's augmentation")
+        if "augmented" in views:
+            if augmentation is None:
+                raise ValueError("the 'augmented' target view needs the source's augmentation")
+            theirs = None if augmentation.inv_std is None else (1.0 / augmentation.inv_std).tolist()
+            same_std = (std is None) == (theirs is None) and (std is None or np.allclose(theirs, std))
+            if augmentation.size != size or not np.allclose(augmentation.mean, mean) or not same_std:
+                raise ValueError(f"the source's augmentation makes {augmentation.size}-pixel views with mean "
+                                 f"{augmentation.mean.tolist()} and std {theirs}; these target views need {size}, "
+                                 f"{list(mean)} and {None if std is None else list(std)}")
         self.size = size
         self.views = tuple(views)
         self.flip = flip
@@ -528,6 +537,7 @@ class TargetViews:
         weak: np.ndarray | None = None
         for kind in self.views:
             if kind == "augmented":
+                assert self.augmentation is not None  # checked in __init__
                 outputs.append(self.augmentation(image, _NO_BOXES, _NO_LABELS, rng)[0])  # [3, S, S]
                 continue
             if kind == "weak":
@@ -536,6 +546,7 @@ class TargetViews:
                     weak = cv2.flip(weak, 1)
                 view = weak
             else:
+                assert weak is not None  # __init__ puts a weak view before a strong one
                 view = self.strong_view(weak, rng)
             outputs.append(_to_output(view, self.mean, self.inv_std, self.size))
         return np.stack(outputs)
