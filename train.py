@@ -21,7 +21,7 @@ import torch
 from data.config import DATASETS
 from layers.prior_box import PRIOR_FAMILIES
 from ssd import BACKBONES, SIZES
-from utils.adaptation import DA_METHODS
+from utils.adaptation import DA_METHODS, AdaptationConfig
 from utils.augmentations import CROP_SAMPLERS, PIXEL_NORMS
 from utils.cli import (
     NON_NEGATIVE_FLOAT,
@@ -80,13 +80,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--da", nargs="+", choices=DA_METHODS, default=None,
                        help="methods: grl (adversarial alignment), mean_teacher (pseudo-labels), adabn (target "
                             "BatchNorm statistics); grl and mean_teacher combine")  # fmt: skip
-    adapt.add_argument("--grl_weight", type=POSITIVE_FLOAT, default=0.1, help="grl: weight of the domain loss, whose gradient the detector receives reversed (DA-Faster: 0.1)")  # fmt: skip
-    adapt.add_argument("--grl_levels", type=POSITIVE_INT, default=2, help="grl: image-level domain classifiers on this many source maps from conv4_3")  # fmt: skip
+    adapt.add_argument("--grl_weight", type=POSITIVE_FLOAT, default=AdaptationConfig.grl_weight, help="grl: weight of the domain loss, whose gradient the detector receives reversed (DA-Faster: 0.1)")  # fmt: skip
+    adapt.add_argument("--grl_levels", type=POSITIVE_INT, default=AdaptationConfig.grl_levels, help="grl: image-level domain classifiers on this many source maps from conv4_3")  # fmt: skip
     adapt.add_argument("--swda", action="store_true", help="grl: SWDA's local (conv4_3) and focal global (fc7) classifiers instead")  # fmt: skip
-    adapt.add_argument("--ema_decay", type=bounded(float, 0, 1, high_open=True), default=0.9996, help="mean_teacher: the teacher's EMA keep rate per step")  # fmt: skip
-    adapt.add_argument("--pseudo_threshold", type=bounded(float, 0, 1, high_open=True), default=0.8, help="mean_teacher: a teacher detection above this score is a pseudo-label")  # fmt: skip
-    adapt.add_argument("--unsup_weight", type=NON_NEGATIVE_FLOAT, default=1.0, help="mean_teacher: weight of the pseudo-label loss")  # fmt: skip
-    adapt.add_argument("--burn_in", type=NON_NEGATIVE_INT, default=0, help="mean_teacher: source-only iterations before the teacher is copied from the student")  # fmt: skip
+    adapt.add_argument("--ema_decay", type=bounded(float, 0, 1, high_open=True), default=AdaptationConfig.ema_decay, help="mean_teacher: the teacher's EMA keep rate per step")  # fmt: skip
+    adapt.add_argument("--pseudo_threshold", type=bounded(float, 0, 1, high_open=True), default=AdaptationConfig.pseudo_threshold, help="mean_teacher: a teacher detection above this score is a pseudo-label (Adaptive Teacher: 0.7)")  # fmt: skip
+    adapt.add_argument("--unsup_weight", type=NON_NEGATIVE_FLOAT, default=AdaptationConfig.unsup_weight, help="mean_teacher: weight of the pseudo-label loss")  # fmt: skip
+    adapt.add_argument("--burn_in", type=NON_NEGATIVE_INT, default=AdaptationConfig.burn_in, help="mean_teacher: source-only iterations before the teacher is copied from the student")  # fmt: skip
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--end_epoch", "--epochs", dest="end_epoch", type=POSITIVE_INT, default=100)
     optim.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="global batch, split over processes")

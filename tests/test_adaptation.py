@@ -146,6 +146,12 @@ def test_grl_compares_domains_through_the_same_augmentation() -> None:
         TargetViews(32, views=("augmented",), augmentation=SSDAugmentation(300))
 
 
+def test_train_py_defaults_are_the_configs() -> None:
+    # one owner for each default: train.py's flags take AdaptationConfig's (Adaptive Teacher's threshold 0.7, ...)
+    assert AdaptationConfig.from_args(train.get_args_parser().parse_args([])) == AdaptationConfig()
+    assert AdaptationConfig().pseudo_threshold == 0.7 and AdaptationConfig().grl_weight == 0.1
+
+
 def test_continuing_sampler_is_fixed_by_the_step_and_split_over_ranks() -> None:
     size, batch = 10, 4  # 2 steps per pass over the images
     plain = []  # a plain loop: pass c is a permutation of the images, cut into batches
