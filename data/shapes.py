@@ -9,7 +9,7 @@ drawn from a generator seeded by (seed, split, index), so the same command write
 writes ``JPEGImages/``, ``Annotations/`` and ``ImageSets/Main/{trainval,test}.txt``;
 ``--video clip.mp4 --train 0 --test 0`` writes only a clip of moving shapes.
 
-    python -m data.shapes --out data/shapes_fog --train 1000 --test 300 --seed 0 --fog 0.02
+    python -m data.shapes --out data/shapes_fog --train 2000 --test 300 --seed 0 --fog 0.02
 
 writes a domain shift that a CPU can show, the shapes' counterpart of Cityscapes -> Foggy Cityscapes: the same
 scenes twice, ``clean/`` (the labelled source domain) and ``foggy/`` (the target domain; its test split is the
