@@ -475,6 +475,10 @@ _NO_BOXES = np.zeros((0, 4), dtype=np.float32)
 _NO_LABELS = np.zeros(0, dtype=np.int64)
 
 
+def _listed(values: np.ndarray | None) -> list[float] | None:
+    return None if values is None else values.tolist()
+
+
 class TargetViews:
     """The views of an unlabeled target image for domain adaptation: no boxes in, none out.
 
@@ -515,20 +519,20 @@ class TargetViews:
             raise ValueError(f"target views {list(views)}: give one or more of 'weak', 'strong', 'augmented'")
         if "strong" in views and "weak" not in views[: views.index("strong")]:
             raise ValueError(f"target views {list(views)}: the strong view is made from a weak view before it")
-        if "augmented" in views:
-            if augmentation is None:
-                raise ValueError("the 'augmented' target view needs the source's augmentation")
-            theirs = None if augmentation.inv_std is None else (1.0 / augmentation.inv_std).tolist()
-            same_std = (std is None) == (theirs is None) and (std is None or np.allclose(theirs, std))
-            if augmentation.size != size or not np.allclose(augmentation.mean, mean) or not same_std:
-                raise ValueError(f"the source's augmentation makes {augmentation.size}-pixel views with mean "
-                                 f"{augmentation.mean.tolist()} and std {theirs}; these target views need {size}, "
-                                 f"{list(mean)} and {None if std is None else list(std)}")
         self.size = size
         self.views = tuple(views)
         self.flip = flip
         self.mean = np.asarray(mean, dtype=np.float32)
         self.inv_std = None if std is None else 1.0 / np.asarray(std, dtype=np.float32)
+        if "augmented" in views:
+            if augmentation is None:
+                raise ValueError("the 'augmented' target view needs the source's augmentation")
+            # The augmentation normalises its own output: it must be this object's normalisation.
+            theirs = (augmentation.size, augmentation.mean.tolist(), _listed(augmentation.inv_std))
+            if theirs != (size, self.mean.tolist(), _listed(self.inv_std)):
+                raise ValueError(f"the source's augmentation makes {augmentation.size}-pixel views with mean "
+                                 f"{augmentation.mean.tolist()}; these target views need {size} and mean {list(mean)}, "
+                                 "with the same std")  # fmt: skip
         self.augmentation = augmentation
         self._distort = SSDAugmentation(size, mean, std)  # its photometric step only
 
