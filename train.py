@@ -108,6 +108,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--no_channels_last", action="store_true", help="keep NCHW memory format")
     optim.add_argument("--fused_optimizer", action="store_true",
                        help="one fused kernel for the whole optimizer step (a GPU lever; the same update up to rounding)")  # fmt: skip
+    optim.add_argument("--cuda_graph", action="store_true",
+                       help="a GPU lever: record the step once as a CUDA graph and replay it (targets padded, --amp in "
+                            "bfloat16, the optimizer fused; README, 'Performance'); on a CPU the same step runs eagerly")  # fmt: skip
     run = parser.add_argument_group("run")
     add_device_flags(run)
     add_workers_flag(run)

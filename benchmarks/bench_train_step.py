@@ -10,6 +10,10 @@ for CPU runs.
     python -m benchmarks.bench_train_step --batch 8 --width 0.125 --batch_norm
     python -m benchmarks.bench_train_step --batch 8 --profile     # where the step's time goes
     python -m benchmarks.bench_train_step --device cuda --batch 64 --amp --levers   # each lever on its own
+
+--levers adds, each with the one before it: bfloat16 instead of float16 (GPU), fused SGD, torch.compile of the
+model, and train.py --cuda_graph's static step (utils/static_step.py: recorded and replayed on a GPU, eager on a
+CPU; its batch is copied from the host at every step, as train.py's loader delivers it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.reference import plain_multibox_loss
 from utils.runtime import mixed_precision_dtype
+from utils.static_step import StaticTrainStep
 
 
 def main() -> None:
@@ -28,7 +33,8 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch_norm", action="store_true")
     parser.add_argument("--levers", action="store_true",
-                        help="also the training-speed levers one by one: fused SGD, torch.compile of the model")  # fmt: skip
+                        help="also the training-speed levers one by one: bfloat16, fused SGD, torch.compile of the "
+                             "model, the static step (train.py --cuda_graph: a CUDA graph on a GPU)")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="also profile one train.py step after the rounds (torch.profiler, top operators)")  # fmt: skip
     parser.set_defaults(rounds=3, warmup=3)  # the allocator reaches its peak footprint in ~3 steps
@@ -42,7 +48,8 @@ def main() -> None:
         boxes = torch.cat([xy, xy + 0.3], 1)
         targets.append(torch.cat([boxes, torch.randint(0, 20, (3, 1), generator=g).float()], 1).to(device))
 
-    def make(channels_last: bool, amp: bool = False, fused: bool = False, compiled: bool = False):  # noqa: ANN202
+    def make(channels_last: bool, amp: bool = False, fused: bool = False, compiled: bool = False,  # noqa: ANN202
+             dtype: torch.dtype | None = None, static: bool = False):  # fmt: skip
         torch.manual_seed(0)
         model = build_ssd(300, 21, width=args.width, batch_norm=args.batch_norm).to(device).train()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -51,11 +58,16 @@ def main() -> None:
         forward = torch.compile(model) if compiled else model
         criterion = MultiBoxLoss(21)
         batch = images.contiguous(memory_format=fmt)
-        dtype = mixed_precision_dtype(device) if amp else None
+        dtype = dtype or (mixed_precision_dtype(device) if amp else None)
+        if static:  # train.py --cuda_graph: targets come from the loader on the CPU, the batch is copied in
+            step = StaticTrainStep(model, criterion, optimizer, dtype, memory_format=fmt)
+            host_images, host_targets = images.cpu(), [t.cpu() for t in targets]
+            host_images = host_images.pin_memory() if device.type == "cuda" else host_images  # as the loader's
+            return lambda: step(host_images, host_targets)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py
 
         def step() -> None:
-            with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loc, conf = forward(batch)
             loss_fn = criterion if channels_last else plain_multibox_loss
             loss_l, loss_c = loss_fn(loc.float(), conf.float(), model.priors, targets)
@@ -72,8 +84,13 @@ def main() -> None:
         candidates["train.py step, --amp"] = make(True, amp=True)
     if args.levers:
         name = "train.py step" + (", --amp" if args.amp else "")
+        bf16 = torch.bfloat16 if args.amp else None  # the static step's precision (no loss scaling)
+        if args.amp and device.type == "cuda":  # a CPU's --amp is bfloat16 already
+            candidates["train.py step, bfloat16"] = make(True, dtype=bf16)
         candidates[f"{name}, fused SGD"] = make(True, args.amp, fused=True)
         candidates[f"{name}, fused SGD, torch.compile"] = make(True, args.amp, fused=True, compiled=True)
+        static = "static step (--cuda_graph" + (", bfloat16" if args.amp else "") + ", fused SGD)"
+        candidates[static] = make(True, fused=True, dtype=bf16, static=True)
     if device.type == "cuda":
         tuned = candidates["train.py step, --amp" if args.amp else "train.py step"]
         candidates["same, cudnn.benchmark off"] = without_cudnn_autotuner(tuned)

@@ -1,7 +1,8 @@
 """The GPU session's one script (README, "On a GPU"): the figures of the GPU-throughput issue, in its order, as JSON.
 
-1. the SSD300 training step with AMP, lever by lever (channels_last + batched loss, fused SGD, torch.compile) and
-   by batch size, then train.py's whole loop (its data loader included) on VOC-sized JPEGs;
+1. the SSD300 training step with AMP, lever by lever (channels_last + batched loss, bfloat16, fused SGD,
+   torch.compile, the CUDA-graph static step) and by batch size, then train.py's whole loop (its data loader
+   included) on VOC-sized JPEGs, eager and with --cuda_graph;
 2. batch-1 latency from a decoded image to detections, with Detect's share;
 3. eval.py over a VOC07-test-sized set (4,952 JPEGs of 500x375, generated here: too large to carry), from the
    command to the printed mAP, with the interpreter + import and CUDA start-up times measured apart.
@@ -82,13 +83,15 @@ def main() -> int:
         (tmp / "voc_classes.txt").write_text("\n".join(voc_classes()) + "\n")
         custom = ["--dataset", "Custom", "--classes", str(tmp / "voc_classes.txt"), "--dataset_root", str(data)]
         batch = "8" if args.quick else "64"
-        record("train_py_one_epoch", run([sys.executable, "train.py", *custom, "--basenet", "none", "--batch_size", batch,
-                                          "--end_epoch", "1", "--eval_interval", "0", "--amp", "--device", args.device,
-                                          "--num_workers", "2" if args.quick else "12", "--project", str(tmp / "train"),
-                                          *(["--width", "0.125", "--batch_norm"] if args.quick else [])], 1800))  # fmt: skip
-        log = tmp / "train" / "exp1" / "log.txt"
-        if log.is_file():
-            report["steps"]["train_py_one_epoch"]["log"] = json.loads(log.read_text().splitlines()[-1])
+        for name, levers in [("train_py_one_epoch", []), ("train_py_one_epoch_cuda_graph", ["--cuda_graph"])]:
+            project = tmp / name
+            record(name, run([sys.executable, "train.py", *custom, "--basenet", "none", "--batch_size", batch,
+                              "--end_epoch", "1", "--eval_interval", "0", "--amp", "--device", args.device, *levers,
+                              "--num_workers", "2" if args.quick else "12", "--project", str(project),
+                              *(["--width", "0.125", "--batch_norm"] if args.quick else [])], 1800))  # fmt: skip
+            log = project / "exp1" / "log.txt"
+            if log.is_file():
+                report["steps"][name]["log"] = json.loads(log.read_text().splitlines()[-1])
         # 2. batch-1 latency, Detect's share
         record("end_to_end_b1_amp", bench("bench_end_to_end", ["--device", args.device, "--batch", "1", "--amp",
                                                                *(["--rounds", "1", "--warmup", "1"] if args.quick else [])],

@@ -96,20 +96,25 @@ def decode(loc: Tensor, priors: Tensor, variances: Variances = DEFAULT_VARIANCES
     return cxcywh_to_xyxy(torch.cat((centre, size), dim=-1))
 
 
-def pad_targets(targets: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def pad_targets(targets: list[Tensor], size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Stack a ragged list of per-image targets into padded tensors.
 
     Args:
         targets: B tensors [N_i, 5] of ``(xmin, ymin, xmax, ymax, label)``; N_i may be 0.
+        size: N, at least every N_i (a fixed N gives every batch the same shapes); None: the largest N_i.
 
     Returns:
         boxes (Tensor[B, N, 4]): xyxy; padding rows hold the whole image ``(0, 0, 1, 1)`` so that any
             arithmetic on them stays finite.
         labels (Tensor[B, N]): int64 foreground index; padding rows hold -1.
-        valid (Tensor[B, N]): bool, True for real ground truths. ``N = max_i N_i``.
+        valid (Tensor[B, N]): bool, True for real ground truths.
     """
     batch_size = len(targets)
     max_truths = max((int(t.shape[0]) for t in targets), default=0)
+    if size is not None:
+        if size < max_truths:
+            raise ValueError(f"cannot pad targets of up to {max_truths} ground truths to {size}")
+        max_truths = size
     reference = targets[0] if targets else torch.zeros(0, 5)
     boxes = reference.new_tensor([0.0, 0.0, 1.0, 1.0]).repeat(batch_size, max_truths, 1)  # [B, N, 4]
     labels = torch.full((batch_size, max_truths), -1, dtype=torch.long, device=reference.device)
@@ -129,6 +134,7 @@ def match(
     priors: Tensor,
     threshold: float = 0.5,
     variances: Variances = DEFAULT_VARIANCES,
+    static_shapes: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Assign ground truths to priors for a whole batch at once, with ssd.pytorch's semantics.
 
@@ -143,6 +149,8 @@ def match(
         priors (Tensor[P, 4]): cxcywh.
         threshold: IoU at or above which a prior is positive.
         variances: encoding variances.
+        static_shapes: compute the IoU of the padding rows too instead of selecting the real ones (the same
+            values, with no data-dependent shape or host synchronisation: a CUDA graph can capture it).
 
     Returns:
         loc_targets (Tensor[B, P, 4]): encoded offsets to the matched ground truth (meaningful only
@@ -158,8 +166,12 @@ def match(
 
     # IoU of the real truths only; padding rows get -1, below every real IoU, so they are never any prior's
     # best truth (and cost nothing to compute).
-    overlaps = truths.new_full((batch_size, max_truths, num_priors), -1.0)  # [B, N, P]
-    overlaps[valid] = iou(truths[valid], cxcywh_to_xyxy(priors))
+    if static_shapes:
+        overlaps = iou(truths.flatten(0, 1), cxcywh_to_xyxy(priors)).view(batch_size, max_truths, num_priors)
+        overlaps = overlaps.masked_fill(~valid.unsqueeze(-1), -1.0)  # [B, N, P]
+    else:
+        overlaps = truths.new_full((batch_size, max_truths, num_priors), -1.0)  # [B, N, P]
+        overlaps[valid] = iou(truths[valid], cxcywh_to_xyxy(priors))
 
     best_prior_idx = overlaps.argmax(dim=2)  # [B, N]
     best_truth_overlap, best_truth_idx = overlaps.max(dim=1)  # [B, P]

@@ -158,7 +158,8 @@ class MultiBoxLoss(nn.Module):
         """
         batch_size, num_priors, _ = conf_preds.shape
         with torch.no_grad():
-            loc_targets, conf_targets = match(truths, labels, valid, priors, self.overlap_thresh, self.variances)
+            loc_targets, conf_targets = match(truths, labels, valid, priors, self.overlap_thresh, self.variances,
+                                              static_shapes=True)  # fmt: skip
         positive = conf_targets > 0  # [B, P]
         num_pos = positive.sum(dim=1)  # [B]
         smooth = F.smooth_l1_loss(loc_preds, loc_targets.to(loc_preds.dtype), reduction="none").sum(-1)  # [B, P]

@@ -55,6 +55,7 @@ from utils.predict import Predictor
 from utils.runs import check_writable, increment_run_dir
 from utils.runtime import mixed_precision_dtype
 from utils.schedule import Schedule, paper_voc_epochs
+from utils.static_step import StaticTrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -205,12 +206,14 @@ def build_model(args: argparse.Namespace, preset: DatasetPreset) -> tuple[SSD, D
 def build_optimizer(args: argparse.Namespace, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD or AdamW over ``parameters`` (the detector's, then any domain classifiers'); ``--fused_optimizer``
     updates every parameter in one fused kernel (the same update up to float rounding; fewer launches on a GPU).
-    Checkpoints written before the flag resume unfused."""
-    fused = getattr(args, "fused_optimizer", False) or None
+    Checkpoints written before the flag resume unfused. ``--cuda_graph`` on a GPU implies it: a recorded step reads
+    its learning rate from a GPU tensor, which fused SGD takes and AdamW only with ``capturable`` as well."""
+    graphed = getattr(args, "cuda_graph", False) and bool(parameters) and parameters[0].is_cuda
+    fused = (getattr(args, "fused_optimizer", False) or graphed) or None
     if args.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                                fused=fused)  # fmt: skip
-    return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, fused=fused)
+    return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, fused=fused, capturable=graphed)
 
 
 def warmup_epochs(args: argparse.Namespace) -> float:
@@ -418,7 +421,12 @@ class Trainer:
         self.optimizer = build_optimizer(args, parameters)
         self.epochs, schedule = resolve_schedule(args, len(self.dataset), self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
-        self.amp_dtype = mixed_precision_dtype(device) if args.amp else None
+        graphed = getattr(args, "cuda_graph", False)
+        if graphed and (self.adaptation is not None or dist.enabled):
+            raise ValueError("--cuda_graph records the supervised step of one process; drop it with --da or "
+                             "under torchrun")  # fmt: skip
+        # A recorded step cannot scale float16 losses (the overflow check waits on the host): bfloat16 instead.
+        self.amp_dtype = (torch.bfloat16 if graphed else mixed_precision_dtype(device)) if args.amp else None
         # float16 needs loss scaling against gradient underflow; bfloat16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.epoch, self.epoch_step, self.iteration, self.best_map = 0, 0, 0, None
@@ -434,6 +442,10 @@ class Trainer:
         self.net = DistributedDataParallel(network, **ddp_args) if dist.enabled else network
         normalizer = (lambda n: all_reduce_sum(n).clamp(min=1) / dist.world_size) if dist.enabled else None
         self.criterion = MultiBoxLoss(self.preset.num_classes, normalizer=normalizer)
+        self.static_step = None
+        if graphed:
+            self.static_step = StaticTrainStep(self.model, self.criterion, self.optimizer, self.amp_dtype,
+                                               args.max_grad_norm, self.memory_format)  # fmt: skip
         evaluates = dist.is_main and args.eval_interval > 0
         self.test_dataset = self.build_test_dataset(self.preset, args.dataset_root) if evaluates else None
         self.target_test_dataset = None
@@ -490,6 +502,9 @@ class Trainer:
     def load_state(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in self.optimizer.param_groups:  # this device's choice, not the saving run's (AdamW on a CPU)
+            if "capturable" in group:
+                group["capturable"] = self.optimizer.defaults["capturable"]
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.epoch_step = int(checkpoint["epoch"]), int(checkpoint["epoch_step"])
@@ -517,6 +532,11 @@ class Trainer:
         Args:
             target_views (Tensor[B, V, 3, S, S] | None): unlabeled target images, with domain adaptation.
         """
+        if self.static_step is not None:  # --cuda_graph: the update is applied before the loss is checked
+            terms = self.static_step(images, targets)
+            self.check_finite(terms)
+            self.scheduler.step()
+            return terms
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = [t.to(self.device, non_blocking=True) for t in targets]
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -529,13 +549,7 @@ class Trainer:
                 loc_preds, conf_preds = self.net(images)
             parts = list(self.criterion(loc_preds.float(), conf_preds.float(), self.model.priors, targets))
         terms = all_reduce_sum(torch.stack([part.detach() for part in parts])) / self.dist.world_size
-        if not torch.isfinite(terms).all():
-            values = ", ".join(f"{name}={value}" for name, value in zip(self.term_names, terms.tolist(), strict=True))
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {self.iteration} (epoch {self.epoch + 1}, lr "
-                f"{self.scheduler.get_last_lr()[0]:.3g}): {values}; "
-                "the last checkpoint is intact. Lower --lr, set --max_grad_norm, or check the data"
-            )
+        self.check_finite(terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(torch.stack(parts).sum()).backward()
         if self.args.max_grad_norm > 0:
@@ -548,6 +562,16 @@ class Trainer:
         if self.adaptation is not None:
             self.adaptation.after_step(self.model)
         return terms
+
+    def check_finite(self, terms: torch.Tensor) -> None:
+        """Stop on a non-finite loss term, naming the iteration (nothing is saved: the last checkpoint is intact)."""
+        if not torch.isfinite(terms).all():
+            values = ", ".join(f"{name}={value}" for name, value in zip(self.term_names, terms.tolist(), strict=True))
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {self.iteration} (epoch {self.epoch + 1}, lr "
+                f"{self.scheduler.get_last_lr()[0]:.3g}): {values}; "
+                "the last checkpoint is intact. Lower --lr, set --max_grad_norm, or check the data"
+            )
 
     def train_epoch(self, bar: tqdm | None) -> dict:
         self.model.train()

@@ -1,0 +1,203 @@
+"""train.py's step with static shapes, recorded once as a CUDA graph on a GPU and replayed (``--cuda_graph``).
+
+The eager step (``utils.training.Trainer.train_step``) launches each of its hundreds of kernels from Python and
+waits on the host where MultiBoxLoss selects by data-dependent masks. :class:`StaticTrainStep` pads every batch's
+targets to a fixed count, so that the whole step (forward under autocast, ``MultiBoxLoss.forward_padded``,
+backward, gradient clipping, the optimizer's update) has the same shapes at every iteration and never waits on the
+host. On a GPU it records that step as a CUDA graph per (batch shape, padded count) and replays it; elsewhere it
+runs the same step eagerly, which is how the tests check it against the eager step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from layers.box_utils import pad_targets
+from layers.multibox_loss import MultiBoxLoss
+
+# Targets are padded to a power of two of at least this many ground truths: a few graphs cover a dataset (VOC's
+# images hold up to 42 objects: 32 and 64), and a denser batch records one more instead of failing.
+MIN_PADDED_TRUTHS = 32
+# Eager steps before a capture (torch.cuda.graph's requirement): they create the optimizer's state and let
+# cuDNN's autotuner pick its algorithms outside the capture. Their effect on the weights is undone.
+WARMUP_STEPS = 3
+
+
+def padded_count(max_truths: int) -> int:
+    """The fixed ground-truth count a batch whose images hold up to ``max_truths`` is padded to."""
+    return max(MIN_PADDED_TRUTHS, 1 << max(max_truths - 1, 0).bit_length())
+
+
+@dataclass
+class Captured:
+    """One recorded step: the graph, the buffers it reads its batch from, and the loss terms it writes."""
+
+    graph: torch.cuda.CUDAGraph
+    images: Tensor  # [B, 3, S, S]
+    truths: Tensor  # [B, N, 4]
+    labels: Tensor  # [B, N]
+    valid: Tensor  # [B, N]
+    terms: Tensor  # [2]
+
+
+class StaticTrainStep:
+    """One optimisation step with static shapes: ``step(images, targets) -> (loss_l, loss_c)``, after the update.
+
+    The loss is ``MultiBoxLoss.forward_padded``'s: the eager loss up to the order of equal losses among the mined
+    negatives and float summation order. The step differs from the eager one in two ways that a user sees:
+
+    - the update is applied before the caller sees the loss, so a non-finite loss is reported after its step
+      (train.py then stops without saving: the last checkpoint is intact);
+    - float16 autocast is refused: its loss scaling checks for overflow on the host. Mixed precision here is
+      bfloat16, which has float32's range and needs no scaling.
+
+    On a GPU (``cuda_graph=True``), the first batch of each shape runs :data:`WARMUP_STEPS` eager steps on a side
+    stream and is then recorded; the weights, BatchNorm statistics and optimizer state are restored after the
+    warm-up, so the run trains as if it had not happened (optimizer state that did not exist yet is restored as
+    zeros, which SGD without dampening and Adam treat exactly as a fresh state). The graph reads the parameters,
+    buffers and optimizer state where they lie: load them in place (``load_state_dict``) before the first step,
+    never replace them afterwards. Each param group's learning rate is a one-element GPU tensor inside the graph,
+    refreshed from the group's float before each replay, so an lr scheduler works unchanged. The optimizer must
+    accept a tensor lr under capture: fused SGD, or AdamW with ``fused=True, capturable=True``
+    (``utils.training.build_optimizer`` builds them so for ``--cuda_graph``).
+
+    Args:
+        model: the detector, in train mode, on its device.
+        criterion: the loss.
+        optimizer: over the model's parameters.
+        amp_dtype: autocast dtype (bfloat16), or None for float32.
+        max_grad_norm: clip the gradients' global norm to this (0: off).
+        memory_format: of the input batch (the model's).
+        cuda_graph: record and replay on a GPU; ignored elsewhere.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: MultiBoxLoss,
+        optimizer: torch.optim.Optimizer,
+        amp_dtype: torch.dtype | None = None,
+        max_grad_norm: float = 0.0,
+        memory_format: torch.memory_format = torch.preserve_format,
+        cuda_graph: bool = True,
+    ) -> None:
+        if amp_dtype == torch.float16:
+            raise ValueError("a static training step cannot use float16 (its loss scaling synchronises with the "
+                             "host); use bfloat16")  # fmt: skip
+        self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        self.amp_dtype, self.max_grad_norm, self.memory_format = amp_dtype, max_grad_norm, memory_format
+        self.device = model.priors.device
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._graphs: dict[tuple[tuple[int, ...], int], Captured] = {}
+        self._pool: Any = None  # the graphs share one memory pool: they never run at the same time
+        self._lrs: list[Tensor] = []
+
+    def __call__(self, images: Tensor, targets: list[Tensor]) -> Tensor:
+        """Train on one batch.
+
+        Args:
+            images (Tensor[B, 3, S, S]): the augmented batch, on any device.
+            targets: B tensors [N_i, 5] of ``(xmin, ymin, xmax, ymax, label)``, on any device.
+
+        Returns:
+            Tensor[2]: ``(loss_l, loss_c)`` of the batch, before the update, detached.
+        """
+        size = padded_count(max((int(t.shape[0]) for t in targets), default=0))
+        truths, labels, valid = pad_targets([t.float().cpu() for t in targets], size)  # one copy each to the device
+        if not self.cuda_graph:
+            batch = self._to_device(images, truths, labels, valid)
+            return self.step(*batch)
+        key = (tuple(images.shape), size)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(self._to_device(images, truths, labels, valid))
+        captured = self._graphs[key]
+        for buffer, value in zip((captured.images, captured.truths, captured.labels, captured.valid),
+                                 (images, truths, labels, valid), strict=True):  # fmt: skip
+            buffer.copy_(value, non_blocking=True)
+        for lr, group in zip(self._lrs, self.optimizer.param_groups, strict=True):
+            lr.fill_(group["lr"])
+        captured.graph.replay()
+        return captured.terms.clone()  # the buffer is overwritten by the next replay
+
+    def _to_device(self, images: Tensor, truths: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return images, truths.to(self.device), labels.to(self.device), valid.to(self.device)
+
+    def step(self, images: Tensor, truths: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+        """The step itself, eager or under capture: every shape fixed by the inputs', no host synchronisation.
+
+        Args:
+            images (Tensor[B, 3, S, S]), truths (Tensor[B, N, 4]), labels (Tensor[B, N]), valid (Tensor[B, N]):
+                on the model's device, targets as :func:`layers.box_utils.pad_targets` gives them.
+
+        Returns:
+            Tensor[2]: ``(loss_l, loss_c)``, detached.
+        """
+        self.optimizer.zero_grad(set_to_none=True)  # under capture: backward writes the gradients, never adds
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loc_preds, conf_preds = self.model(images)
+        loss_l, loss_c = self.criterion.forward_padded(
+            loc_preds.float(), conf_preds.float(), self.model.priors, truths, labels, valid
+        )
+        (loss_l + loss_c).backward()
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        return torch.stack([loss_l.detach(), loss_c.detach()])
+
+    def snapshot(self) -> tuple[dict[str, Tensor], dict[Tensor, dict[str, Tensor]]]:
+        """Copies of the model's state (parameters and buffers) and of the optimizer's tensors."""
+        model_state = {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+        optimizer_state = {
+            param: {k: v.clone() for k, v in state.items() if isinstance(v, Tensor)}
+            for param, state in self.optimizer.state.items()
+        }
+        return model_state, optimizer_state
+
+    def restore(self, saved: tuple[dict[str, Tensor], dict[Tensor, dict[str, Tensor]]]) -> None:
+        """Put a :meth:`snapshot` back in place (the tensors keep their storage, which a graph reads); optimizer
+        state created since is zeroed, as a fresh state starts."""
+        model_state, optimizer_state = saved
+        with torch.no_grad():
+            for name, t in self.model.state_dict().items():
+                t.copy_(model_state[name])
+            for param, state in self.optimizer.state.items():
+                before = optimizer_state.get(param, {})
+                for k, v in state.items():
+                    if isinstance(v, Tensor) and k in before:
+                        v.copy_(before[k])
+                    elif isinstance(v, Tensor):
+                        v.zero_()
+
+    def _capture(self, batch: tuple[Tensor, ...]) -> Captured:
+        """Warm up on a side stream, undo the warm-up, and record one step on ``batch``'s buffers."""
+        if not self._lrs:
+            self._lrs = [torch.tensor(float(group["lr"]), device=self.device) for group in self.optimizer.param_groups]
+        floats = [group["lr"] for group in self.optimizer.param_groups]
+        for lr, group in zip(self._lrs, self.optimizer.param_groups, strict=True):
+            lr.fill_(group["lr"])
+            group["lr"] = lr  # the graph reads the tensor; the scheduler keeps writing floats between steps
+        saved = self.snapshot()
+        try:
+            with torch.cuda.device(self.device):
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(WARMUP_STEPS):
+                        self.step(*batch)
+                torch.cuda.current_stream().wait_stream(stream)
+                self.restore(saved)
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: the loader's pin-memory thread may allocate while this thread records
+                with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                    terms = self.step(*batch)
+        finally:
+            for value, group in zip(floats, self.optimizer.param_groups, strict=True):
+                group["lr"] = value
+        self._pool = self._pool if self._pool is not None else graph.pool()
+        return Captured(graph, *batch, terms)
