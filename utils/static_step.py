@@ -139,7 +139,9 @@ class StaticTrainStep:
             Tensor[2]: ``(loss_l, loss_c)``, detached.
         """
         self.optimizer.zero_grad(set_to_none=True)  # under capture: backward writes the gradients, never adds
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        # No cast cache: cached weight casts must not outlive a capture (PyTorch's CUDA-graph notes on autocast).
+        autocast = torch.autocast(self.device.type, self.amp_dtype, self.amp_dtype is not None, cache_enabled=False)
+        with autocast:
             loc_preds, conf_preds = self.model(images)
         loss_l, loss_c = self.criterion.forward_padded(
             loc_preds.float(), conf_preds.float(), self.model.priors, truths, labels, valid
