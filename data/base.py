@@ -166,25 +166,29 @@ class DetectionDataset(Dataset):
         """The original image, uint8 [H, W, 3] BGR."""
         return read_image(self.image_path(index))
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Sample ``key``: an index, augmented with the draws of :meth:`set_epoch`'s epoch, or ``(epoch, index)``
+        (``data.sampler.EpochSampler(with_epoch=True)``: loader workers that persist across epochs keep the
+        dataset as it was when they started, so the epoch travels with the index)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         for attempt in range(len(self)):
             current = (index + attempt) % len(self)
             try:
-                return self._load(current)
+                return self._load(current, epoch)
             except (ValueError, FileNotFoundError) as error:
                 if not self.skip_bad:
                     raise
                 logger.warning("skipping sample %d: %s", current, error)
         raise ValueError(f"every sample of this {type(self).__name__} is unreadable")
 
-    def _load(self, index: int) -> tuple[Tensor, Tensor]:
+    def _load(self, index: int, epoch: int) -> tuple[Tensor, Tensor]:
         image = self.pull_image(index)
         anno = self.pull_anno(index)
         keep = np.ones(len(anno.labels), bool) if self.keep_difficult else ~anno.difficult
         boxes, labels = anno.boxes[keep], anno.labels[keep]
         height, width = image.shape[:2]
         if self.transform is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = np.random.default_rng((self.seed, epoch, index))
             out, rel_boxes, labels = self.transform(image, boxes, labels, rng=rng)
             image_tensor = torch.from_numpy(out)
         else:

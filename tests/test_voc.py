@@ -188,6 +188,39 @@ def test_augmentation_is_reproducible_across_worker_counts(devkit: Path) -> None
     assert not torch.equal(single[0], batches(0, epoch=2)[0])
 
 
+def test_workers_that_persist_across_epochs_draw_each_epochs_augmentation(devkit: Path) -> None:
+    # train.py's loader: persistent workers keep the dataset as it was when they started, so the sampler's
+    # (epoch, index) keys carry the epoch. Each epoch's batches equal the main process's, and epochs differ.
+    from data.sampler import EpochSampler
+
+    def epochs(workers: int) -> list[list[torch.Tensor]]:
+        dataset = VOCDetection(devkit, transform=SSDAugmentation(64), seed=3)
+        sampler = EpochSampler(len(dataset), seed=3, with_epoch=True)
+        loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers,
+                            collate_fn=detection_collate, persistent_workers=workers > 0)  # fmt: skip
+        result = []
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            result.append([images for images, _ in loader])
+        return result
+
+    def reference() -> list[list[torch.Tensor]]:  # the epoch set on the dataset, plain indices
+        dataset = VOCDetection(devkit, transform=SSDAugmentation(64), seed=3)
+        sampler = EpochSampler(len(dataset), seed=3)
+        result = []
+        for epoch in range(2):
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+            result.append([torch.stack([dataset[i][0] for i in order[k : k + 2]]) for k in range(0, len(order), 2)])
+        return result
+
+    expected = reference()
+    for got in (epochs(0), epochs(2)):
+        for a, b in zip(sum(expected, []), sum(got, []), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_png_images_load(tmp_path: Path) -> None:
     folder = tmp_path / "pngs"
     write_voc_folder(folder, "test", {"p": (20, 10, [("cat", (2, 2, 8, 8), 0)])}, suffix=".png")

@@ -334,9 +334,12 @@ def build_train_loader(
                             args.skip_bad, args.seed)  # fmt: skip
     if len(dataset) < args.batch_size:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than --batch_size {args.batch_size}")
-    sampler = EpochSampler(len(dataset), args.seed, dist.world_size, dist.rank, shuffle=True, drop_last=True)
+    sampler = EpochSampler(len(dataset), args.seed, dist.world_size, dist.rank, shuffle=True, drop_last=True,
+                           with_epoch=True)  # fmt: skip
+    # Workers persist across epochs (no start-up per epoch); the sampler's keys carry the epoch to them.
     loader = DataLoader(dataset, args.batch_size // dist.world_size, sampler=sampler, num_workers=args.num_workers,
-                        collate_fn=detection_collate, pin_memory=device.type == "cuda", drop_last=True)  # fmt: skip
+                        collate_fn=detection_collate, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=args.num_workers > 0)  # fmt: skip
     return dataset, sampler, loader
 
 
@@ -575,7 +578,6 @@ class Trainer:
 
     def train_epoch(self, bar: tqdm | None) -> dict:
         self.model.train()
-        self.dataset.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.loader.batch_size)
         start, steps_this_run = time.perf_counter() - self.epoch_time, 0
         target_batches = self.target_batches()
