@@ -12,7 +12,11 @@ in float32 on all groups at once (each group's boxes shifted by ``group x (max c
 exact for every input; the new Detect may be at most 10% slower than it. Detect is checked to equal the float64
 loop (tests.reference.float64_detect) exactly.
 
-    python -m benchmarks.bench_detect --batch 1
+And it times Detect's static path (``layers.detection.static_detect``, Detect's default on a GPU, where it replays
+a CUDA graph; forced here on a CPU too) against the exact path it falls back to, checks that the two agree bit for
+bit, and reports how many NMS rounds each image needs before the static path settles it.
+
+    python -m benchmarks.bench_detect --batch 1 --device cuda
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torchvision.ops import batched_nms
 
 from benchmarks.common import get_args_parser, measure, report, setup
 from layers.box_utils import decode
-from layers.detection import Detect, Detections
+from layers.detection import Detect, Detections, static_detect
 from layers.prior_box import prior_boxes, prior_config
 from tests.reference import float64_detect, plain_detect
 
@@ -130,6 +134,20 @@ def equals_float64_loop(expected: list[dict[str, torch.Tensor]], batched: list[d
     )
 
 
+def rounds_needed(detect: Detect, loc: Tensor, conf: Tensor, priors: Tensor, limit: int = 64) -> list[int | None]:
+    """Per image, the fewest NMS rounds after which :func:`static_detect` settles it with ``detect``'s settings and
+    candidates; None where it does not settle within ``limit`` (more candidates than it looks at, too few kept)."""
+    needed: list[int | None] = [None] * loc.shape[0]
+    for rounds in range(limit + 1):
+        settled = static_detect(loc, conf, priors, detect.settings, detect.variances, detect.candidates, rounds)[4]
+        for i, done in enumerate(settled.tolist()):  # settled after r rounds: after any more too
+            if done and needed[i] is None:
+                needed[i] = rounds
+        if None not in needed:
+            break
+    return needed
+
+
 def main() -> None:
     parser = get_args_parser(__doc__.split("\n\n")[0])
     args = parser.parse_args()
@@ -137,7 +155,9 @@ def main() -> None:
     loc, conf, priors = realistic_outputs(args.batch, device)
     passing = (conf.softmax(-1)[..., 1:] > 0.01).sum(1).float().mean().item()
     caffe, ssd_pytorch = {}, {"top_k": 200, "keep_top_k": None}
-    detect, ssd_pytorch_detect = Detect(21, **caffe), Detect(21, **ssd_pytorch)
+    # The exact path on any device (Detect's default on a CPU), and the static path (its default on a GPU).
+    detect, ssd_pytorch_detect = Detect(21, static=False, **caffe), Detect(21, static=False, **ssd_pytorch)
+    static, ssd_pytorch_static = Detect(21, static=True, **caffe), Detect(21, static=True, **ssd_pytorch)
     before, ssd_pytorch_before = OffsetBatchedNmsDetect(21, **caffe), OffsetBatchedNmsDetect(21, **ssd_pytorch)
     cpu_inputs = (loc.cpu(), conf.cpu(), priors.cpu())
     for settings, fast, old in ((caffe, detect, before), (ssd_pytorch, ssd_pytorch_detect, ssd_pytorch_before)):
@@ -149,6 +169,13 @@ def main() -> None:
         # Bit for bit on the CPU (a GPU's softmax may differ from the CPU's in the last bit).
         if device.type == "cpu" and not equals_float64_loop(float64_detect(*cpu_inputs, **settings), fast(*cpu_inputs)):
             raise SystemExit(f"error: Detect and the float64 loop disagree with settings {name}")
+    for settings, exact, static_path in (
+        (caffe, detect, static),
+        (ssd_pytorch, ssd_pytorch_detect, ssd_pytorch_static),
+    ):
+        for got, want in zip(static_path(loc, conf, priors), exact(loc, conf, priors), strict=True):
+            if not all(torch.equal(got[key], want[key]) for key in ("boxes", "scores", "labels")):
+                raise SystemExit(f"error: Detect's static and exact paths disagree with settings {settings or 'Caffe'}")
     timing = {"rounds": args.rounds, "warmup": args.warmup, "number": args.number, "device": device}
     loops = {
         "per-class loop NMS": lambda: plain_detect(loc, conf, priors),
@@ -159,6 +186,8 @@ def main() -> None:
         "Detect before (offset NMS)": lambda: before(loc, conf, priors),
         "Detect, ssd.pytorch settings": lambda: ssd_pytorch_detect(loc, conf, priors),
         "before, ssd.pytorch settings": lambda: ssd_pytorch_before(loc, conf, priors),
+        "Detect, static path": lambda: static(loc, conf, priors),
+        "static, ssd.pytorch settings": lambda: ssd_pytorch_static(loc, conf, priors),
     }
     # The Detects alternate among themselves: a call right after a loop's long Python run starts with cold caches,
     # which would favour whichever Detect does not follow a loop.
@@ -170,13 +199,25 @@ def main() -> None:
     ssd_pytorch_ratio = ratio("loop, ssd.pytorch settings", "Detect, ssd.pytorch settings")
     new_over_old = ratio("Detect", "Detect before (offset NMS)")
     new_over_old_ssd_pytorch = ratio("Detect, ssd.pytorch settings", "before, ssd.pytorch settings")
+    static_over_exact = ratio("Detect, static path", "Detect")
+    static_over_exact_ssd_pytorch = ratio("static, ssd.pytorch settings", "Detect, ssd.pytorch settings")
+    needed = rounds_needed(static, loc, conf, priors)
+    needed_ssd_pytorch = rounds_needed(ssd_pytorch_static, loc, conf, priors)
     report(f"detect_b{args.batch}", results, "per-class loop NMS", args, device, per_call_items=args.batch,
            extra={"priors_passing_per_class": passing, "ssd_pytorch_settings_speedup": ssd_pytorch_ratio,
-                  "time_over_before": new_over_old, "time_over_before_ssd_pytorch_settings": new_over_old_ssd_pytorch})  # fmt: skip
+                  "time_over_before": new_over_old, "time_over_before_ssd_pytorch_settings": new_over_old_ssd_pytorch,
+                  "static_time_over_exact": static_over_exact,
+                  "static_time_over_exact_ssd_pytorch_settings": static_over_exact_ssd_pytorch,
+                  "static_rounds": static.rounds, "static_rounds_needed": needed,
+                  "static_rounds_needed_ssd_pytorch_settings": needed_ssd_pytorch})  # fmt: skip
     print(f"with ssd.pytorch's settings (top 200 per class, no cap): Detect is {ssd_pytorch_ratio:.1f}x the loop")
     print(f"Detect's time over the Detect before it: {new_over_old:.3f} (Caffe's settings), "
           f"{new_over_old_ssd_pytorch:.3f} (ssd.pytorch's)")  # fmt: skip
     print(f"priors above 0.01 per class and image: {passing:.0f}")
+    print(f"static path's time over the exact path's: {static_over_exact:.3f} (Caffe's settings), "
+          f"{static_over_exact_ssd_pytorch:.3f} (ssd.pytorch's)")  # fmt: skip
+    print(f"NMS rounds each image needs to settle (static path runs {static.rounds}; None: falls back whatever the "
+          f"rounds): {needed} (Caffe's settings), {needed_ssd_pytorch} (ssd.pytorch's)")  # fmt: skip
 
 
 if __name__ == "__main__":

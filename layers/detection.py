@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -9,6 +10,8 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from layers.box_utils import DEFAULT_VARIANCES, Variances, decode
+
+logger = logging.getLogger(__name__)
 
 Detections = dict[str, Tensor]
 
@@ -159,6 +162,147 @@ def rank_within(keys: Tensor, counts: Tensor) -> Tensor:
     return rank
 
 
+# Rounds of :func:`static_detect`'s NMS (:func:`greedy_fixed_point`). A candidate is final once the candidates that
+# decide it are: a box suppressed by a box that was itself suppressed by a kept one takes a round per link of that
+# chain, and only chains of overlapping boxes of one class, each better than the next, count. Trained models' chains
+# are short; an image whose chains are longer is recomputed exactly, so more rounds trade replay time on every
+# image for fewer fallbacks (benchmarks/bench_detect.py reports the rounds that its inputs need).
+STATIC_NMS_ROUNDS = 16
+
+
+def greedy_fixed_point(suppresses: Tensor, entered: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
+    """Greedy NMS given who would suppress whom, in a fixed number of tensor operations.
+
+    Greedy NMS keeps an entered candidate unless a kept earlier one suppresses it. As ``suppresses`` only points
+    to earlier candidates, the kept set is the unique fixed point of ``keep = entered & ~(suppressed by keep)``
+    (by induction over the order), and iterating that map from ``keep = entered`` fixes one more candidate each
+    round at least. One more application that changes nothing proves the fixed point reached.
+
+    Args:
+        suppresses (Tensor[B, M, M]): bool, ``[b, i, j]``: candidate j, earlier than i (j < i), suppresses i if kept.
+        entered (Tensor[B, M]): bool, the candidates in NMS.
+        rounds: applications of the map.
+
+    Returns:
+        kept (Tensor[B, M]): bool, greedy NMS's kept set where ``converged``.
+        converged (Tensor[B]): bool.
+    """
+    # A matrix product counts each candidate's kept suppressors. A sum of zeros and ones is zero exactly when no
+    # term is one, whatever precision the product runs in (TF32, autocast), so only "none" is read from it.
+    suppresses = suppresses.float()  # [B, M, M]
+    allowed = entered.float().unsqueeze(-1)  # [B, M, 1]
+    keep = allowed
+    for _ in range(rounds):
+        keep = allowed * (torch.bmm(suppresses, keep) == 0)  # [B, M, 1]
+    converged = (allowed * (torch.bmm(suppresses, keep) == 0) == keep).all(dim=1).squeeze(-1)  # [B]
+    return keep.squeeze(-1) > 0, converged
+
+
+def static_detect(
+    loc_preds: Tensor,
+    conf_preds: Tensor,
+    priors: Tensor,
+    settings: DetectSettings,
+    variances: Variances = DEFAULT_VARIANCES,
+    candidates: int = 800,
+    rounds: int = STATIC_NMS_ROUNDS,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:class:`Detect`'s detections in tensors of fixed sizes, without host synchronisation: every operation can be
+    recorded in a CUDA graph. Where ``settled`` holds, an image's detections are exactly :class:`Detect`'s.
+
+    Per image, the candidates are the (prior, class) pairs that pass ``conf_thresh`` and are among the ``top_k``
+    best of their class, by Detect's order (score descending, equal scores by prior, then class), and only the
+    best ``candidates`` (M) of them are looked at: a candidate's fate depends only on the better candidates of its
+    class, so the M decide their own fates exactly, and every candidate beyond them ranks below all of them. NMS
+    runs by :func:`greedy_fixed_point` in ``rounds`` iterations, with the IoU in float64 as torchvision's CPU
+    kernel computes it; a box with an inf or NaN coordinate neither suppresses nor is suppressed, as in
+    :func:`nms_within_groups`.
+
+    An image is settled when one more round changes nothing (so NMS reached its result) and either it keeps at
+    least ``keep_top_k`` of its M candidates (those beyond them are all worse) or it has at most M candidates
+    (none is beyond them). Otherwise the caller must recompute it exactly.
+
+    Args:
+        loc_preds (Tensor[B, P, 4]): regression logits.
+        conf_preds (Tensor[B, P, C]): class logits (softmax is applied here).
+        priors (Tensor[P, 4]): cxcywh.
+        settings: Detect's settings.
+        variances: decoding variances.
+        candidates: M, the candidates per image looked at; clamped to ``min(top_k, P) * (C - 1)``.
+        rounds: iterations of the NMS map.
+
+    Returns:
+        num_detections (Tensor[B]): int64, the detections of each image, at most K = ``min(keep_top_k, M)``
+            (M without a ``keep_top_k``).
+        boxes (Tensor[B, K, 4]): float32 xyxy, relative, best first; padding rows are 0.
+        scores (Tensor[B, K]): float32, descending; padding 0.
+        labels (Tensor[B, K]): int64 in 1..C-1; padding 0 (the background).
+        settled (Tensor[B]): bool, whether the image's detections are exactly Detect's.
+    """
+    batch_size, num_priors, num_classes = conf_preds.shape
+    num_foreground, device = num_classes - 1, conf_preds.device
+    num_pairs = num_priors * num_foreground
+    scores = conf_preds.float().softmax(dim=-1)[..., 1:].reshape(batch_size, num_pairs)  # [B, P*F], prior-major
+    passing = scores > settings.conf_thresh  # [B, P*F]
+    # Detect's order as unique int64 keys: passing scores are > 0, so their float32 bits order them as integers,
+    # and the pair index (< 2^32) breaks ties towards the lower prior, then class. Pairs that fail the threshold
+    # get negative keys, below every passing one and unique too, so that topk has no ties to break in its own way.
+    pair = torch.arange(num_pairs, device=device)  # [P*F]
+    keys = torch.where(passing, (scores.view(torch.int32).long() << 32) - pair, -1 - pair)  # [B, P*F]
+    pairs = pair.expand(batch_size, -1)  # [B, P*F]
+    if settings.top_k < num_priors:  # only each class's top_k best can enter NMS
+        keys, top_priors = keys.view(batch_size, num_priors, num_foreground).topk(settings.top_k, dim=1)  # [B, k, F]
+        pairs = top_priors * num_foreground + torch.arange(num_foreground, device=device)  # [B, k, F]
+        keys, pairs = keys.flatten(1), pairs.flatten(1)  # [B, k*F] each
+    num_candidates = min(candidates, keys.shape[1])
+    cand_keys, order = keys.topk(num_candidates, dim=1)  # [B, M] each, best first
+    cand_pairs = pairs.gather(1, order)  # [B, M]
+    cand_scores = scores.gather(1, cand_pairs)  # [B, M]
+    prior_idx, class_idx = cand_pairs // num_foreground, cand_pairs % num_foreground  # [B, M] each
+    entered = cand_keys > 0  # [B, M]: passing, and among its class's top_k
+
+    position = torch.arange(num_candidates, device=device)
+    earlier = position[:, None] > position[None, :]  # [M, M], j < i
+    rival = (class_idx[:, :, None] == class_idx[:, None, :]) & earlier  # [B, M, M]: j better than i, same class
+
+    # Decoding is elementwise, so decoding the candidates alone gives the bits Detect's decoding of them gives.
+    cand_loc = loc_preds.gather(1, prior_idx.unsqueeze(-1).expand(-1, -1, 4)).float()  # [B, M, 4]
+    cand_priors = priors.index_select(0, prior_idx.flatten()).float()  # [B*M, 4]
+    cand_boxes = decode(cand_loc.flatten(0, 1), cand_priors, variances, settings.decode_clamp)  # [B*M, 4]
+    cand_boxes = cand_boxes.view(batch_size, num_candidates, 4)  # [B, M, 4]
+    if settings.clip_boxes:  # torchvision's SSD clips before NMS, so NMS sees the clipped boxes
+        cand_boxes = cand_boxes.clamp(min=0.0, max=1.0)
+
+    # torchvision's CPU kernel in float64, operation for operation: inter / ((area_i + area_j) - inter) > thresh.
+    # In place where it can be: the [B, M, M] float64 temporaries are most of the memory a CUDA graph keeps.
+    x1, y1, x2, y2 = cand_boxes.double().unbind(-1)  # [B, M] each
+    area = (x2 - x1) * (y2 - y1)  # [B, M]
+    inter = (torch.minimum(x2[:, :, None], x2[:, None]) - torch.maximum(x1[:, :, None], x1[:, None])).clamp_(min=0)
+    inter *= (torch.minimum(y2[:, :, None], y2[:, None]) - torch.maximum(y1[:, :, None], y1[:, None])).clamp_(min=0)
+    union = (area[:, :, None] + area[:, None]).sub_(inter)  # [B, M, M]
+    overlaps = inter.div_(union) > settings.nms_thresh  # [B, M, M]
+    del inter, union
+    active = entered & cand_boxes.isfinite().all(-1)  # [B, M]: an inf or NaN box neither suppresses nor is
+    kept, converged = greedy_fixed_point(rival & overlaps & active[:, :, None] & active[:, None], entered, rounds)
+
+    # The kept candidates in order, the first K of each image: output slot k takes the candidate where the
+    # running count of kept candidates reaches k + 1.
+    num_kept = kept.sum(dim=1)  # [B]
+    keep_top_k = settings.keep_top_k
+    num_slots = num_candidates if keep_top_k is None else min(keep_top_k, num_candidates)
+    slots = torch.arange(num_slots, device=device).expand(batch_size, -1)  # [B, K]
+    source = torch.searchsorted(kept.long().cumsum(dim=1), slots + 1).clamp(max=num_candidates - 1)  # [B, K]
+    valid = slots < num_kept[:, None]  # [B, K]
+    boxes = torch.where(valid[..., None], cand_boxes.gather(1, source[..., None].expand(-1, -1, 4)), 0.0)
+    scores_out = torch.where(valid, cand_scores.gather(1, source), 0.0)  # [B, K]
+    labels = torch.where(valid, class_idx.gather(1, source) + 1, 0)  # [B, K]
+
+    complete = (keys > 0).sum(dim=1) <= num_candidates  # [B]: no candidate beyond the M
+    if keep_top_k is not None:
+        complete |= num_kept >= keep_top_k  # the first keep_top_k detections are among the M
+    return num_kept.clamp(max=num_slots), boxes, scores_out, labels, converged & complete
+
+
 class Detect:
     """Post-process ``(loc, conf)`` logits into per-image detections, on the inputs' device.
 
@@ -173,6 +317,11 @@ class Detect:
     The defaults are Caffe SSD's test settings. ``Detect(C, top_k=200, keep_top_k=None)`` reproduces
     ssd.pytorch's ``Detect`` (whose cross-class top-k step has no effect).
 
+    On a GPU that path would wait for the device several times per call, and torchvision's CUDA NMS kernel is not
+    exact (it compares the IoU with the threshold rounded to float32). There Detect runs :func:`static_detect`
+    instead, recorded once per input shape as a CUDA graph and replayed, reads back once which images it settled,
+    and recomputes the others by the path above: the same detections, bit for bit, as that path on that device.
+
     Args:
         num_classes: C, including the background.
         conf_thresh: a candidate's softmax score must be strictly above this.
@@ -182,6 +331,15 @@ class Detect:
         variances: decoding variances.
         clip_boxes: clip the decoded boxes to the image (``[0, 1]``) before NMS, as torchvision's SSD does.
         decode_clamp: clamp of the log-size offsets in decoding (torchvision: ``log(1000 / 16)``); None: no clamp.
+        static: run :func:`static_detect` (and the exact path for the images it does not settle): True, False, or
+            None for on a GPU only (on a CPU the exact path is faster; True there tests the GPU's logic). On a GPU
+            it is recorded as a CUDA graph.
+        candidates: the best (prior, class) pairs per image that :func:`static_detect` looks at. By default
+            ``4 * keep_top_k``, the first prefix the exact path tries, enough unless NMS removes three candidates in
+            four; without a cap 1024, as the [M, M] IoU matrix grows with the square. Without a cap an image
+            settles only when all its candidates fit (those above ``conf_thresh`` and among the ``top_k`` of
+            their class), so a model with more needs a larger value or falls back to the exact path.
+        rounds: iterations of :func:`static_detect`'s NMS; an image whose NMS needs more is recomputed exactly.
     """
 
     def __init__(
@@ -194,12 +352,25 @@ class Detect:
         variances: Variances = DEFAULT_VARIANCES,
         clip_boxes: bool = False,
         decode_clamp: float | None = None,
+        static: bool | None = None,
+        candidates: int | None = None,
+        rounds: int = STATIC_NMS_ROUNDS,
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must count the background and at least one class, got {num_classes}")
+        if candidates is not None and candidates < 1:
+            raise ValueError(f"candidates must be at least 1 or None, got {candidates}")
+        if rounds < 0:
+            raise ValueError(f"rounds must be at least 0, got {rounds}")
         self.num_classes = num_classes
         self.settings = DetectSettings(conf_thresh, nms_thresh, top_k, keep_top_k, clip_boxes, decode_clamp)
         self.variances = variances
+        self.static = static
+        if candidates is None:
+            candidates = 1024 if keep_top_k is None else 4 * keep_top_k
+        self.candidates, self.rounds = candidates, rounds
+        # (input shapes, dtypes, device, priors) -> (graph, its input buffers, the priors it reads, its outputs)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, tuple[Tensor, ...]]] = {}
 
     # The settings' fields, read where Detect applies them.
     conf_thresh = property(lambda self: self.settings.conf_thresh)
@@ -210,10 +381,10 @@ class Detect:
     decode_clamp = property(lambda self: self.settings.decode_clamp)
 
     @classmethod
-    def from_settings(cls, num_classes: int, settings: DetectSettings) -> Detect:
+    def from_settings(cls, num_classes: int, settings: DetectSettings, static: bool | None = None) -> Detect:
         """The Detect of ``settings`` for a network with ``num_classes`` outputs per prior."""
         return cls(num_classes, settings.conf_thresh, settings.nms_thresh, settings.top_k, settings.keep_top_k,
-                   clip_boxes=settings.clip_boxes, decode_clamp=settings.decode_clamp)  # fmt: skip
+                   clip_boxes=settings.clip_boxes, decode_clamp=settings.decode_clamp, static=static)  # fmt: skip
 
     @torch.no_grad()
     def __call__(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> list[Detections]:
@@ -228,9 +399,84 @@ class Detect:
             B dicts with ``boxes`` (Tensor[K, 4], xyxy, relative, clipped only with ``clip_boxes``), ``scores``
             (Tensor[K], descending) and ``labels`` (Tensor[K], int64 in 1..C-1).
         """
-        batch_size, num_priors, num_classes = conf_preds.shape
+        num_classes = conf_preds.shape[2]
         if num_classes != self.num_classes:
             raise ValueError(f"conf_preds has {num_classes} classes but Detect was built for {self.num_classes}")
+        on_gpu = conf_preds.device.type == "cuda"
+        if not (on_gpu if self.static is None else self.static):
+            return self._exact(loc_preds, conf_preds, priors)
+        if on_gpu:
+            try:
+                summary, boxes, scores, labels = self._replay(loc_preds, conf_preds, priors)
+            except RuntimeError as error:  # a graph this GPU cannot record or hold (memory): the exact path, said once
+                logger.warning("Detect's CUDA-graph path failed (%s); Detect runs its exact path from now on",
+                               str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
+                self.static, self._graphs = False, {}
+                return self._exact(loc_preds, conf_preds, priors)
+        else:
+            summary, boxes, scores, labels = self._static_outputs(loc_preds, conf_preds, priors)
+        counts, settled = summary.tolist()  # the one wait for the device
+        results: list[Detections] = [
+            {"boxes": boxes[i, :count], "scores": scores[i, :count], "labels": labels[i, :count]}
+            for i, count in enumerate(counts)
+        ]
+        unsettled = [i for i, done in enumerate(settled) if not done]
+        if unsettled:
+            index = torch.tensor(unsettled, device=conf_preds.device)
+            for i, result in zip(unsettled, self._exact(loc_preds[index], conf_preds[index], priors), strict=True):
+                results[i] = result
+        return results
+
+    def _static_outputs(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> tuple[Tensor, ...]:
+        """:func:`static_detect` with ``num_detections`` and ``settled`` stacked (Tensor[2, B], int64), so that
+        one copy to the host reads both; then boxes, scores and labels."""
+        num_detections, boxes, scores, labels, settled = static_detect(
+            loc_preds, conf_preds, priors, self.settings, self.variances, self.candidates, self.rounds
+        )
+        return torch.stack((num_detections, settled.long())), boxes, scores, labels
+
+    def _replay(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> tuple[Tensor, ...]:
+        """:meth:`_static_outputs` by this input shape's CUDA graph, recorded at the first call. The graph reads
+        ``priors`` where they lie (the key holds their address, the cache a reference that keeps it theirs); the
+        logits are copied into its buffers. Boxes, scores and labels are copies; the summary is the graph's own
+        buffer, to be read before the next replay."""
+        key = (loc_preds.shape, loc_preds.dtype, conf_preds.shape, conf_preds.dtype, conf_preds.device,
+               priors.shape, priors.dtype, priors.stride(), priors.data_ptr())  # fmt: skip
+        # Buffers made under inference_mode would be inference tensors, which a later call outside it could not
+        # copy into; the caller's no_grad still holds.
+        with torch.inference_mode(False):
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(loc_preds, conf_preds, priors)
+            graph, static_loc, static_conf, _, (summary, *outputs) = self._graphs[key]
+            static_loc.copy_(loc_preds)
+            static_conf.copy_(conf_preds)
+            graph.replay()
+            return summary, *(output.clone() for output in outputs)  # the next replay overwrites them
+
+    def _capture(
+        self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor
+    ) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+        """Record :meth:`_static_outputs` at these inputs' shapes, after warm-up runs on a side stream, as
+        ``torch.cuda.graph`` requires (``utils.runtime.InferenceModel._capture`` does the same)."""
+        static_loc, static_conf = loc_preds.clone(), conf_preds.clone()
+        with torch.cuda.device(conf_preds.device):  # the capture stream is the current device's
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._static_outputs(static_loc, static_conf, priors)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: Detect runs inside training (pseudo-labels) while DataLoader threads pin memory, which
+            # the default "global" mode forbids during a capture; this thread does nothing unsafe.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                outputs = self._static_outputs(static_loc, static_conf, priors)
+        return graph, static_loc, static_conf, priors, outputs
+
+    def _exact(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> list[Detections]:
+        """The detections by NMS of the candidates that pass, on the CPU in float64 (:func:`nms_within_groups`),
+        with as few of each image's candidates as the ``keep_top_k`` cap needs (:meth:`_suppress`)."""
+        batch_size, num_priors, num_classes = conf_preds.shape
         scores = conf_preds.float().softmax(dim=-1)[..., 1:]  # [B, P, C-1]
         passing = scores > self.conf_thresh  # [B, P, C-1]
         num_groups = batch_size * (num_classes - 1)  # one NMS group per (image, class)

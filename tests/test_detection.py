@@ -7,7 +7,7 @@ import torch
 from torchvision.ops import nms
 
 import layers.detection
-from layers.detection import Detect, nms_within_groups
+from layers.detection import Detect, DetectSettings, greedy_fixed_point, nms_within_groups, static_detect
 from layers.prior_box import prior_boxes, prior_config
 from tests.reference import (
     detections_outside_pairs,
@@ -84,11 +84,12 @@ def test_keep_top_k_caps_each_image(priors: torch.Tensor) -> None:
         assert result["labels"].min() >= 1 and result["labels"].max() <= 20
 
 
-def test_nothing_above_threshold_gives_empty_tensors(priors: torch.Tensor) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_nothing_above_threshold_gives_empty_tensors(priors: torch.Tensor, static: bool) -> None:
     loc = torch.zeros(2, priors.shape[0], 4)
     conf = torch.zeros(2, priors.shape[0], 21)
     conf[..., 0] = 20.0  # every prior is confidently background
-    results = Detect(21)(loc, conf, priors)
+    results = Detect(21, static=static)(loc, conf, priors)
     for result in results:
         assert result["boxes"].shape == (0, 4)
         assert result["scores"].shape == (0,) and result["labels"].shape == (0,)
@@ -186,14 +187,18 @@ def varied_predictions(
 
 
 @pytest.mark.parametrize(
-    ("num_classes", "top_k", "keep_top_k", "num_priors", "active_classes"),
+    ("num_classes", "top_k", "keep_top_k", "num_priors", "active_classes", "static"),
     [
-        (81, 400, 200, 600, None),
-        (81, 60, None, 2000, None),
-        (81, 100, None, 1500, 5),
-        (21, 200, None, 8732, None),
-        (21, 400, 200, 4000, None),
-        (3, 8732, None, 4000, None),
+        (81, 400, 200, 600, None, False),
+        (81, 60, None, 2000, None, False),
+        (81, 100, None, 1500, 5, False),
+        (21, 200, None, 8732, None, False),
+        (21, 400, 200, 4000, None, False),
+        (3, 8732, None, 4000, None, False),
+        # The static path where it settles (tests below check its fallback).
+        (81, 400, 200, 600, None, True),
+        (81, 100, None, 1500, 5, True),
+        (21, 400, 200, 4000, None, True),
     ],
 )
 def test_detect_equals_the_float64_loop(
@@ -203,26 +208,34 @@ def test_detect_equals_the_float64_loop(
     keep_top_k: int | None,
     num_priors: int,
     active_classes: int | None,
+    static: bool,
 ) -> None:
     """Boxes tiny, huge and far negative; 81 classes; with and without the per-image cap; thousands of candidates
     per image, or (5 active classes) fewer than 1,000 in the batch: the old batched_nms switched methods there."""
     loc, conf, priors = varied_predictions(2, priors[:num_priors], num_classes, num_classes + top_k, active_classes)
-    detect = Detect(num_classes, conf_thresh=0.01, nms_thresh=0.45, top_k=top_k, keep_top_k=keep_top_k)
+    detect = Detect(num_classes, conf_thresh=0.01, nms_thresh=0.45, top_k=top_k, keep_top_k=keep_top_k, static=static)
     expected = float64_detect(loc, conf, priors, 0.01, 0.45, top_k, keep_top_k)
     assert min(len(reference["labels"]) for reference in expected) > 100
+    if static:
+        results, settled = static_results(detect, loc, conf, priors)
+        assert settled.all()
+        assert_equals_float64_loop(results, expected)
     assert_equals_float64_loop(detect(loc, conf, priors), expected)
 
 
-def test_a_box_far_into_negative_coordinates_does_not_suppress_another_class(device: torch.device) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_a_box_far_into_negative_coordinates_does_not_suppress_another_class(
+    device: torch.device, static: bool
+) -> None:
     """One prior decoded to [-8.3, -8.3, 0.3, 0.3] with classes 1 and 2 above the threshold: per-class NMS keeps
     both (shifting class 2 by 1 x (max coordinate + 1) = 1.3 made it overlap class 1's box)."""
     priors = torch.tensor([[-4.0, -4.0, 8.6, 8.6]])
     conf = torch.tensor([[[0.0, 3.0, 2.5]]])
-    results = Detect(3)(torch.zeros(1, 1, 4).to(device), conf.to(device), priors.to(device))
+    results = Detect(3, static=static)(torch.zeros(1, 1, 4).to(device), conf.to(device), priors.to(device))
     assert results[0]["labels"].tolist() == [1, 2]
     torch.testing.assert_close(results[0]["boxes"].cpu(), torch.tensor([[-8.3, -8.3, 0.3, 0.3]] * 2))
     assert_equals_float64_loop(
-        Detect(3)(torch.zeros(1, 1, 4), conf, priors), float64_detect(torch.zeros(1, 1, 4), conf, priors)
+        Detect(3, static=static)(torch.zeros(1, 1, 4), conf, priors), float64_detect(torch.zeros(1, 1, 4), conf, priors)
     )
 
 
@@ -255,12 +268,13 @@ def tiny_pair_image(fillers: int, seed: int, with_pair: bool = True) -> tuple[to
     return torch.zeros(1, fillers + 2, 4), conf, priors
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("keep_top_k", [200, None])
-def test_tiny_boxes_near_the_threshold_both_survive_with_many_candidates(keep_top_k: int | None) -> None:
+def test_tiny_boxes_near_the_threshold_both_survive_with_many_candidates(keep_top_k: int | None, static: bool) -> None:
     """1,100 other candidates: with the cap Detect runs NMS on the best 800 candidates first (the old
     batched_nms shifted those, and the pair lost a box), without it on all of them."""
     loc, conf, priors = tiny_pair_image(1100, seed=0)
-    result = Detect(81, keep_top_k=keep_top_k)(loc, conf, priors)
+    result = Detect(81, keep_top_k=keep_top_k, static=static)(loc, conf, priors)
     assert (result[0]["labels"] == 80).sum() == 2
     assert_equals_float64_loop([result[0]], float64_detect(loc, conf, priors, keep_top_k=keep_top_k))
 
@@ -282,7 +296,8 @@ def test_an_image_gives_the_same_detections_alone_and_at_position_15_of_16(
     assert (alone["labels"] == 80).sum() == 2
 
 
-def test_huge_boxes_do_not_hide_the_overlaps_of_small_ones(device: torch.device) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_huge_boxes_do_not_hide_the_overlaps_of_small_ones(device: torch.device, static: bool) -> None:
     """A box 10^21 image widths across (class 1) next to two boxes of class 2 with IoU 0.6: class 2 keeps one. (The
     old offsets, multiples of 10^21, rounded the small boxes to points, whose IoU is NaN, so both stayed.)"""
     priors = exact_priors([[0.25, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.25, 0.3125, 0.5, 0.5625]])
@@ -291,13 +306,16 @@ def test_huge_boxes_do_not_hide_the_overlaps_of_small_ones(device: torch.device)
     conf = torch.full((1, 3, 3), -10.0)
     conf[0, :, 0] = 0.0
     conf[0, 0, 1], conf[0, 1, 2], conf[0, 2, 2] = 4.0, 5.0, 4.5
-    results = Detect(3)(loc.to(device), conf.to(device), priors.to(device))
+    results = Detect(3, static=static)(loc.to(device), conf.to(device), priors.to(device))
     assert results[0]["labels"].tolist() == [2, 1]
     assert results[0]["boxes"][1, 2] - results[0]["boxes"][1, 0] > 1e21
-    assert_equals_float64_loop(Detect(3)(loc, conf, priors), float64_detect(loc, conf, priors))
+    assert_equals_float64_loop(Detect(3, static=static)(loc, conf, priors), float64_detect(loc, conf, priors))
 
 
-def test_boxes_with_infinite_coordinates_neither_suppress_nor_are_suppressed(device: torch.device) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_boxes_with_infinite_coordinates_neither_suppress_nor_are_suppressed(
+    device: torch.device, static: bool
+) -> None:
     """exp overflows to inf for size offsets above about 443: such a box's area is inf, its IoU with any box 0 or
     NaN, so it is kept and suppresses nothing, as in the float64 loop."""
     priors = exact_priors([[0.25, 0.25, 0.5, 0.5]] * 3)
@@ -305,35 +323,37 @@ def test_boxes_with_infinite_coordinates_neither_suppress_nor_are_suppressed(dev
     loc[0, 0, 2:] = 500.0
     conf = torch.zeros(1, 3, 2)
     conf[0, :, 1] = torch.tensor([6.0, 5.0, 4.0])
-    results = Detect(2)(loc.to(device), conf.to(device), priors.to(device))
+    results = Detect(2, static=static)(loc.to(device), conf.to(device), priors.to(device))
     assert results[0]["scores"].shape == (2,)  # the inf box and the better of the two equal boxes
     assert torch.isinf(results[0]["boxes"][0]).all()
-    assert_equals_float64_loop(Detect(2)(loc, conf, priors), float64_detect(loc, conf, priors))
+    assert_equals_float64_loop(Detect(2, static=static)(loc, conf, priors), float64_detect(loc, conf, priors))
 
 
-def test_equal_scores_rank_the_lower_prior_then_the_lower_class(device: torch.device) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_equal_scores_rank_the_lower_prior_then_the_lower_class(device: torch.device, static: bool) -> None:
     """Every prior scores the same in both classes: the top_k cut takes the lowest priors, and the keep_top_k cut
     and the order go by prior, then class."""
     priors = exact_priors([[i / 8, 0.0, i / 8 + 0.0625, 0.0625] for i in range(8)])  # disjoint boxes
     conf = torch.zeros(1, 8, 3)
     conf[0, :, 1:] = 2.0
     loc = torch.zeros(1, 8, 4)
-    result = Detect(3, top_k=3, keep_top_k=5)(loc.to(device), conf.to(device), priors.to(device))[0]
+    detect = Detect(3, top_k=3, keep_top_k=5, static=static)
+    result = detect(loc.to(device), conf.to(device), priors.to(device))[0]
     assert result["labels"].tolist() == [1, 2, 1, 2, 1]
     torch.testing.assert_close(result["boxes"][:, 0].cpu(), torch.tensor([0.0, 0.0, 0.125, 0.125, 0.25]))
-    assert_equals_float64_loop(
-        Detect(3, top_k=3, keep_top_k=5)(loc, conf, priors), float64_detect(loc, conf, priors, top_k=3, keep_top_k=5)
-    )
+    assert_equals_float64_loop(detect(loc, conf, priors), float64_detect(loc, conf, priors, top_k=3, keep_top_k=5))
 
 
-def test_an_iou_equal_to_the_threshold_does_not_suppress(device: torch.device) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_an_iou_equal_to_the_threshold_does_not_suppress(device: torch.device, static: bool) -> None:
     """Suppression needs IoU > nms_thresh: these boxes overlap by 18/40 = 0.45 exactly (every step exact in
     float64 up to the division, which rounds to the double 0.45)."""
     priors = exact_priors([[0.0, 0.0, 29 / 64, 0.5], [11 / 64, 0.0, 40 / 64, 0.5]])
     conf = torch.tensor([[[0.0, 4.0], [0.0, 3.0]]])
-    results = Detect(2, nms_thresh=0.45)(torch.zeros(1, 2, 4).to(device), conf.to(device), priors.to(device))
+    loc = torch.zeros(1, 2, 4)
+    results = Detect(2, nms_thresh=0.45, static=static)(loc.to(device), conf.to(device), priors.to(device))
     assert results[0]["labels"].tolist() == [1, 1]
-    assert Detect(2, nms_thresh=0.449)(torch.zeros(1, 2, 4), conf, priors)[0]["labels"].tolist() == [1]
+    assert Detect(2, nms_thresh=0.449, static=static)(loc, conf, priors)[0]["labels"].tolist() == [1]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -434,7 +454,8 @@ def test_near_threshold_pairs_lists_same_label_pairs_within_the_margin() -> None
     ]
 
 
-def test_clip_and_clamp_are_torchvisions_postprocessing(priors: torch.Tensor) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_clip_and_clamp_are_torchvisions_postprocessing(priors: torch.Tensor, static: bool) -> None:
     # torchvision's SSD.postprocess_detections for one image, in relative coordinates: BoxCoder's decode with the
     # log(1000/16) clamp, boxes clipped to the image, then per class score > thresh, top-k, and NMS over classes.
     import math
@@ -443,13 +464,12 @@ def test_clip_and_clamp_are_torchvisions_postprocessing(priors: torch.Tensor) ->
     from torchvision.ops import batched_nms
 
     from layers.box_utils import cxcywh_to_xyxy
-    from layers.detection import DetectSettings
 
     loc, conf = predictions(1, priors.shape[0], 6, seed=5)
     loc[0, :50, 2:] = 30.0  # boxes the clamp limits, and the clip then cuts at the image's edges
     conf[0, :50, 1] += 8.0
     settings = DetectSettings(0.01, 0.45, 400, 200, clip_boxes=True, decode_clamp=math.log(1000 / 16))
-    found = Detect.from_settings(6, settings)(loc, conf, priors)[0]
+    found = Detect.from_settings(6, settings, static=static)(loc, conf, priors)[0]
     boxes = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(loc[0], cxcywh_to_xyxy(priors)).clamp(0, 1)
     scores = conf[0].softmax(-1)
     candidates = []
@@ -464,15 +484,166 @@ def test_clip_and_clamp_are_torchvisions_postprocessing(priors: torch.Tensor) ->
     torch.testing.assert_close(found["boxes"], boxes[index[keep]], atol=1e-6, rtol=0)
     torch.testing.assert_close(found["scores"], scores[index[keep], labels[keep]])
     assert found["boxes"].max() == 1.0 and found["boxes"].min() >= 0.0
-    unclipped = Detect(6)(loc, conf, priors)[0]
+    unclipped = Detect(6, static=static)(loc, conf, priors)[0]
     assert unclipped["boxes"].max() > 1.0  # the Caffe/ssd.pytorch default does neither
 
 
 def test_settings_round_trip_with_torchvisions_fields() -> None:
-    from layers.detection import DetectSettings
 
     settings = DetectSettings(0.001, 0.55, 300, 300, clip_boxes=True, decode_clamp=4.135)
     assert DetectSettings.from_dict(settings.to_dict()) == settings
     old = {"conf_thresh": 0.01, "nms_thresh": 0.45, "top_k": 400, "keep_top_k": 200}  # a checkpoint from before
     assert DetectSettings.from_dict(old) == DetectSettings()
     assert settings.override(conf_thresh=0.2).clip_boxes  # flags override single fields, the rest stays
+
+
+# --- The static path (GPU): fixed-size tensors, exact where settled, the exact path elsewhere ---
+
+
+def static_results(
+    detect: Detect, loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor
+) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+    """static_detect's padded outputs for ``detect``'s settings, as per-image dicts (checking that the padding is
+    zeros), and ``settled``."""
+    num, boxes, scores, labels, settled = static_detect(
+        loc, conf, priors, detect.settings, detect.variances, detect.candidates, detect.rounds
+    )
+    assert boxes.shape[:2] == scores.shape == labels.shape and settled.dtype == torch.bool
+    results = []
+    for i, count in enumerate(num.tolist()):
+        assert not boxes[i, count:].any() and not scores[i, count:].any() and not labels[i, count:].any()
+        results.append({"boxes": boxes[i, :count], "scores": scores[i, :count], "labels": labels[i, :count]})
+    return results, settled
+
+
+def chain_image(length: int) -> tuple[torch.Tensor, ...]:
+    """One class, ``length`` boxes a sixteenth apart and a quarter wide, scores descending: each overlaps the next
+    at IoU 0.6 and the one after at 1/3, so greedy NMS keeps every other box, and each decision waits for the one
+    before it."""
+    priors = exact_priors([[i / 16, 0.0, i / 16 + 0.25, 1.0] for i in range(length)])
+    conf = torch.zeros(1, length, 2)
+    conf[0, :, 1] = 8.0 - 0.1 * torch.arange(length)
+    return torch.zeros(1, length, 4), conf, priors
+
+
+@pytest.mark.parametrize(
+    ("scale", "conf_thresh", "top_k", "keep_top_k", "candidates"),
+    [
+        (3.0, 0.01, 400, 200, None),  # untrained-looking logits: hundreds of candidates per class
+        (3.0, 0.01, 4, 200, None),  # top_k cuts every class
+        (3.0, 0.01, 400, 7, None),  # a small cap
+        (3.0, 0.01, 400, 200, 20),  # M below the cap: falls back
+        (3.0, 0.6, 400, None, None),  # few candidates, no cap: all fit in M
+        (3.0, 0.01, 30, None, None),  # no cap, top_k cuts every class: the rest fits in M
+        (3.0, 0.01, 400, None, None),  # no cap, more candidates than M: falls back
+    ],
+)
+def test_static_path_equals_the_float64_loop(
+    priors: torch.Tensor, scale: float, conf_thresh: float, top_k: int, keep_top_k: int | None, candidates: int | None
+) -> None:
+    g = torch.Generator().manual_seed(top_k)
+    loc = torch.randn(2, 800, 4, generator=g)
+    conf = torch.randn(2, 800, 21, generator=g) * scale
+    detect = Detect(21, conf_thresh, 0.45, top_k, keep_top_k, static=True, candidates=candidates)
+    expected = float64_detect(loc, conf, priors[:800], conf_thresh, 0.45, top_k, keep_top_k)
+    assert_equals_float64_loop(detect(loc, conf, priors[:800]), expected)
+
+
+@pytest.mark.parametrize("settings", [DetectSettings(), DetectSettings(conf_thresh=0.5, top_k=200, keep_top_k=None)])
+def test_static_outputs_alone_equal_the_float64_loop_on_typical_inputs(
+    priors: torch.Tensor, settings: DetectSettings
+) -> None:
+    """Background-heavy logits (thousands of candidates per class above 0.01, hundreds per image above 0.5): every image settles, so the
+    padded outputs are the detections without any fallback."""
+    loc, conf = predictions(2, 3000, 21, seed=3)
+    priors = priors[:3000]
+    detect = Detect.from_settings(21, settings, static=True)
+    results, settled = static_results(detect, loc, conf, priors)
+    assert settled.all()
+    expected = float64_detect(loc, conf, priors, settings.conf_thresh, 0.45, settings.top_k, settings.keep_top_k)
+    assert_equals_float64_loop(results, expected)
+
+
+def test_a_suppression_chain_longer_than_the_rounds_is_not_settled_and_falls_back() -> None:
+    loc, conf, priors = chain_image(12)
+    expected = float64_detect(loc, conf, priors)
+    assert len(expected[0]["labels"]) == 6  # every other box
+    short = Detect(2, static=True, rounds=3)
+    assert not static_results(short, loc, conf, priors)[1].any()
+    assert_equals_float64_loop(short(loc, conf, priors), expected)
+    results, settled = static_results(Detect(2, static=True, rounds=11), loc, conf, priors)
+    assert settled.all()
+    assert_equals_float64_loop(results, expected)
+
+
+@pytest.mark.parametrize(("candidates", "settles"), [(8, False), (64, True)])
+def test_more_candidates_than_m_with_too_few_kept_is_not_settled(candidates: int, settles: bool) -> None:
+    """20 identical boxes with equal scores (NMS keeps the lowest prior), then 5 disjoint worse boxes: the best 8
+    keep one box, fewer than keep_top_k = 5, and the rest lies beyond them."""
+    cluster = [[0.5, 0.5, 0.75, 0.75]] * 20
+    priors = exact_priors(cluster + [[i / 8, 0.0, i / 8 + 0.0625, 0.0625] for i in range(5)])
+    conf = torch.zeros(1, 25, 2)
+    conf[0, :20, 1] = 6.0
+    conf[0, 20:, 1] = 5.0 - 0.1 * torch.arange(5)
+    loc = torch.zeros(1, 25, 4)
+    detect = Detect(2, keep_top_k=5, static=True, candidates=candidates)
+    expected = float64_detect(loc, conf, priors, keep_top_k=5)
+    assert expected[0]["priors"].tolist() == [0, 20, 21, 22, 23]
+    assert static_results(detect, loc, conf, priors)[1].tolist() == [settles]
+    assert_equals_float64_loop(detect(loc, conf, priors), expected)
+
+
+def test_greedy_fixed_point_is_the_sequential_greedy_loop() -> None:
+    """Random suppression relations: where the iteration converged its kept set is the loop's, and it converges
+    within M - 1 rounds."""
+    g = torch.Generator().manual_seed(0)
+    num_candidates = 40
+    suppresses = (torch.rand(8, num_candidates, num_candidates, generator=g) < 0.15).tril(-1)
+    entered = torch.rand(8, num_candidates, generator=g) < 0.9
+    expected = torch.zeros_like(entered)
+    for b in range(8):
+        for i in range(num_candidates):  # kept unless a kept earlier candidate suppresses it
+            expected[b, i] = entered[b, i] and not (suppresses[b, i, :i] & expected[b, :i]).any()
+    for rounds in (0, 2, 5, num_candidates - 1):
+        kept, converged = greedy_fixed_point(suppresses, entered, rounds)
+        assert torch.equal(kept[converged], expected[converged])
+    assert converged.all()
+
+
+@pytest.mark.parametrize(
+    ("settings", "slots"),
+    [(DetectSettings(), 200), (DetectSettings(top_k=50, keep_top_k=None, clip_boxes=True, decode_clamp=4.0), 1000)],
+)
+def test_static_detect_reads_no_values_on_the_host(settings: DetectSettings, slots: int) -> None:
+    """On the meta device, whose tensors have no values, static_detect still runs: no operation depends on the
+    data (no .item(), nonzero or boolean mask, no shape that depends on values), as a CUDA graph capture needs.
+    The outputs' shapes are fixed: K = keep_top_k, or M (here top_k x 20 classes) without a cap."""
+    loc, conf, priors = (torch.empty(shape, device="meta") for shape in ((2, 1000, 4), (2, 1000, 21), (1000, 4)))
+    num, boxes, scores, labels, settled = static_detect(loc, conf, priors, settings, candidates=1024, rounds=3)
+    assert (num.shape, boxes.shape, scores.shape, labels.shape, settled.shape) == ((2,), (2, slots, 4), (2, slots),
+                                                                                   (2, slots), (2,))  # fmt: skip
+    assert (num.dtype, boxes.dtype, scores.dtype, labels.dtype, settled.dtype) == (
+        torch.int64, torch.float32, torch.float32, torch.int64, torch.bool
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("keep_top_k", [200, None])
+def test_the_static_path_equals_the_exact_path_on_each_device(
+    priors: torch.Tensor, keep_top_k: int | None, device: torch.device
+) -> None:
+    """On a GPU through its CUDA graphs (recorded per batch size, replayed with new inputs; the first call inside
+    inference_mode, a later one outside): bit-equal to the exact path on that device, settled images and
+    fallbacks alike."""
+    loc, conf, priors = varied_predictions(3, priors[:300], 21, seed=keep_top_k or 0)
+    loc, conf, priors = loc.to(device), conf.to(device), priors.to(device)
+    static, exact = Detect(21, keep_top_k=keep_top_k, static=True), Detect(21, keep_top_k=keep_top_k, static=False)
+    with torch.inference_mode():
+        first = static(loc, conf, priors)
+    for batch in (slice(1, 3), slice(0, 3)):
+        for got, want in zip(
+            static(loc[batch], conf[batch], priors), exact(loc[batch], conf[batch], priors), strict=True
+        ):
+            assert_identical(got, want)
+            assert all(tensor.device.type == device.type for tensor in got.values())
+    for got, want in zip(first, exact(loc, conf, priors), strict=True):
+        assert_identical(got, want)
