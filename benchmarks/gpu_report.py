@@ -9,6 +9,7 @@
 
     python -m benchmarks.gpu_report --out $OUT/gpu_report.json                        # on the GPU machine
     python -m benchmarks.gpu_report --device cpu --quick --out /tmp/gpu_report.json    # the CPU rehearsal
+    python -m benchmarks.gpu_report --steps latency eval --out $OUT/gpu_report.json    # some groups only
 
 Each step runs in its own process (a crash or a timeout loses one figure, not the rest) and the JSON is
 rewritten after each, so what finished survives a time limit.
@@ -51,6 +52,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench/gpu_report.json"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a rehearsal of every step on a CPU")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
+                        help="the groups to run, in this order (one call each fits a shorter time limit)")  # fmt: skip
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {"device": args.device, "steps": {}}
@@ -67,23 +70,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # 1. training step, lever by lever, then by batch size
-        for batch in [2] if args.quick else [32, 64, 128]:
+        for batch in ([2] if args.quick else [32, 64, 128]) if "train_step" in args.steps else []:
             record(f"train_step_b{batch}_amp_levers",
                    bench("bench_train_step", ["--device", args.device, "--batch", str(batch), "--amp", "--levers",
                                               *quick], tmp / f"train_b{batch}.json", 900))  # fmt: skip
         # train.py's loop on VOC-sized JPEGs: does the loader feed the GPU?
         images = 64 if args.quick else 4952
         data = tmp / "voc_sized"
-        record("write_voc_sized_set", run([sys.executable, "-c", "from pathlib import Path; from benchmarks.bench_loader "
-                                           f"import write_voc_sized_set as w; w(Path({str(data)!r}), {images}, 'test')"],
-                                          1800))  # fmt: skip
+        if {"train_py", "eval"} & set(args.steps):
+            record("write_voc_sized_set", run([sys.executable, "-c", "from pathlib import Path; from benchmarks."
+                                               f"bench_loader import write_voc_sized_set as w; w(Path({str(data)!r}), "
+                                               f"{images}, 'test')"], 1800))  # fmt: skip
         listing = data / "ImageSets" / "Main"
         if (listing / "test.txt").is_file():  # train on the same images: a speed figure, not a result
             (listing / "trainval.txt").write_text((listing / "test.txt").read_text())
         (tmp / "voc_classes.txt").write_text("\n".join(voc_classes()) + "\n")
         custom = ["--dataset", "Custom", "--classes", str(tmp / "voc_classes.txt"), "--dataset_root", str(data)]
         batch = "8" if args.quick else "64"
-        for name, levers in [("train_py_one_epoch", []), ("train_py_one_epoch_cuda_graph", ["--cuda_graph"])]:
+        train_runs = [("train_py_one_epoch", []), ("train_py_one_epoch_cuda_graph", ["--cuda_graph"])]
+        for name, levers in train_runs if "train_py" in args.steps else []:
             project = tmp / name
             record(name, run([sys.executable, "train.py", *custom, "--basenet", "none", "--batch_size", batch,
                               "--end_epoch", "1", "--eval_interval", "0", "--amp", "--device", args.device, *levers,
@@ -92,10 +97,17 @@ def main() -> int:
             log = project / "exp1" / "log.txt"
             if log.is_file():
                 report["steps"][name]["log"] = json.loads(log.read_text().splitlines()[-1])
-        # 2. batch-1 latency, Detect's share
-        record("end_to_end_b1_amp", bench("bench_end_to_end", ["--device", args.device, "--batch", "1", "--amp",
-                                                               *(["--rounds", "1", "--warmup", "1"] if args.quick else [])],
-                                          tmp / "e2e_b1.json", 900))  # fmt: skip
+        # 2. batch-1 latency, Detect's share; Detect's static (CUDA-graph) path against its exact one
+        short = ["--rounds", "1", "--warmup", "1"] if args.quick else []
+        if "latency" in args.steps:
+            record("end_to_end_b1_amp", bench("bench_end_to_end", ["--device", args.device, "--batch", "1", "--amp",
+                                                                   *short], tmp / "e2e_b1.json", 900))  # fmt: skip
+            for batch in ["1", "8"]:
+                record(f"detect_b{batch}", bench("bench_detect", ["--device", args.device, "--batch", batch, *short],
+                                                 tmp / f"detect_b{batch}.json", 900))  # fmt: skip
+        if "eval" not in args.steps:
+            print(f"wrote {args.out}")
+            return 0
         # 3. eval.py over the VOC07-test-sized set, and its start-up apart
         record("python_and_imports", run([sys.executable, "-c", "import eval"], 300))
         record("cuda_start", run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda'); "
@@ -112,6 +124,10 @@ def main() -> int:
                                            "2" if args.quick else "12", "--amp", "--project", str(tmp / "eval")], 1800))  # fmt: skip
     print(f"wrote {args.out}")
     return 0
+
+
+# The step groups, in the order of priority (the JPEGs are written when train_py or eval runs).
+STEPS = ("train_step", "train_py", "latency", "eval")
 
 
 def voc_classes() -> tuple[str, ...]:
