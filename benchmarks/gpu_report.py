@@ -5,7 +5,8 @@
    included) on VOC-sized JPEGs, eager and with --cuda_graph;
 2. batch-1 latency from a decoded image to detections, with Detect's share;
 3. eval.py over a VOC07-test-sized set (4,952 JPEGs of 500x375, generated here: too large to carry), from the
-   command to the printed mAP, with the interpreter + import and CUDA start-up times measured apart.
+   command to the printed mAP, with the interpreter + import and CUDA start-up times measured apart; and JPEG
+   decoding on the GPU (nvJPEG) against OpenCV's, in time and in pixels (bench_decode).
 
     python -m benchmarks.gpu_report --out $OUT/gpu_report.json                        # on the GPU machine
     python -m benchmarks.gpu_report --device cpu --quick --out /tmp/gpu_report.json    # the CPU rehearsal
@@ -108,7 +109,9 @@ def main() -> int:
         if "eval" not in args.steps:
             print(f"wrote {args.out}")
             return 0
-        # 3. eval.py over the VOC07-test-sized set, and its start-up apart
+        # 3. eval.py over the VOC07-test-sized set, and its start-up apart; GPU decoding: equal pixels? faster?
+        record("decode", bench("bench_decode", ["--device", args.device, "--images", "256" if args.quick else "4952",
+                                                *short], tmp / "decode.json", 900))  # fmt: skip
         record("python_and_imports", run([sys.executable, "-c", "import eval"], 300))
         record("cuda_start", run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda'); "
                                   "torch.cuda.synchronize()"], 300) if args.device == "cuda" else
