@@ -59,7 +59,10 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {"device": args.device, "steps": {}}
 
-    def record(name: str, result: dict) -> None:
+    def record(name: str, result: dict, log: Path | None = None) -> None:
+        """Add a step's result (and the last record of its train.py log) to the JSON, rewritten at once."""
+        if log is not None and log.is_file():
+            result["log"] = json.loads(log.read_text().splitlines()[-1])
         report["steps"][name] = result
         args.out.write_text(json.dumps(report, indent=2))
         print(f"{name}: status {result['status']}, {result['wall_s']:.1f} s", flush=True)
@@ -88,16 +91,18 @@ def main() -> int:
         (tmp / "voc_classes.txt").write_text("\n".join(voc_classes()) + "\n")
         custom = ["--dataset", "Custom", "--classes", str(tmp / "voc_classes.txt"), "--dataset_root", str(data)]
         batch = "8" if args.quick else "64"
-        train_runs = [("train_py_one_epoch", []), ("train_py_one_epoch_cuda_graph", ["--cuda_graph"])]
-        for name, levers in train_runs if "train_py" in args.steps else []:
+        # the last: train.py under torchrun with one process, NCCL on a GPU (gloo on a CPU), to exercise that path
+        torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "train.py"]
+        train_runs = [("train_py_one_epoch", ["train.py"], []),
+                      ("train_py_one_epoch_cuda_graph", ["train.py"], ["--cuda_graph"]),
+                      ("torchrun_one_process", torchrun, [])]  # fmt: skip
+        for name, launch, levers in train_runs if "train_py" in args.steps else []:
             project = tmp / name
-            record(name, run([sys.executable, "train.py", *custom, "--basenet", "none", "--batch_size", batch,
-                              "--end_epoch", "1", "--eval_interval", "0", "--amp", "--device", args.device, *levers,
-                              "--num_workers", "2" if args.quick else "12", "--project", str(project),
-                              *(["--width", "0.125", "--batch_norm"] if args.quick else [])], 1800))  # fmt: skip
-            log = project / "exp1" / "log.txt"
-            if log.is_file():
-                report["steps"][name]["log"] = json.loads(log.read_text().splitlines()[-1])
+            command = [sys.executable, *launch, *custom, "--basenet", "none", "--batch_size", batch, "--end_epoch",
+                       "1", "--eval_interval", "0", "--amp", "--device", args.device, *levers, "--num_workers",
+                       "2" if args.quick else "12", "--project", str(project),
+                       *(["--width", "0.125", "--batch_norm"] if args.quick else [])]  # fmt: skip
+            record(name, run(command, 1800), log=project / "exp1" / "log.txt")
         # 2. batch-1 latency, Detect's share; Detect's static (CUDA-graph) path against its exact one
         short = ["--rounds", "1", "--warmup", "1"] if args.quick else []
         if "latency" in args.steps:
