@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a rehearsal of every step on a CPU")
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
                         help="the groups to run, in this order (one call each fits a shorter time limit)")  # fmt: skip
+    parser.add_argument("--train_batches", type=int, nargs="+", default=[32, 64, 128],
+                        help="train_step: the batch sizes of the lever-by-lever step (--quick: 2)")  # fmt: skip
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {"device": args.device, "steps": {}}
@@ -74,7 +76,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # 1. training step, lever by lever, then by batch size
-        for batch in ([2] if args.quick else [32, 64, 128]) if "train_step" in args.steps else []:
+        for batch in ([2] if args.quick else args.train_batches) if "train_step" in args.steps else []:
             record(f"train_step_b{batch}_amp_levers",
                    bench("bench_train_step", ["--device", args.device, "--batch", str(batch), "--amp", "--levers",
                                               *quick], tmp / f"train_b{batch}.json", 900))  # fmt: skip
