@@ -20,12 +20,25 @@ from __future__ import annotations
 
 import torch
 
+from benchmarks.bench_forward import count_macs
 from benchmarks.common import get_args_parser, measure, report, setup, synchronize, without_cudnn_autotuner
 from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.reference import plain_multibox_loss
 from utils.runtime import mixed_precision_dtype
 from utils.static_step import StaticTrainStep
+
+# Dense (no sparsity) bfloat16 tensor-core peaks of the GPUs this is likely to run on, in TFLOP/s, from NVIDIA's
+# data sheets; the first name that the device's name contains wins.
+DENSE_BF16_PEAK_TFLOPS = {"H200": 989.5, "H100 PCIe": 756.0, "H100": 989.5, "A100": 312.0, "L40S": 362.05}
+
+
+def dense_bf16_peak_tflops(device: torch.device) -> float | None:
+    """The GPU's dense bfloat16 peak, if :data:`DENSE_BF16_PEAK_TFLOPS` knows it; None on a CPU or another GPU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS.items() if key in name), None)
 
 
 def main() -> None:
@@ -96,7 +109,21 @@ def main() -> None:
         candidates["same, cudnn.benchmark off"] = without_cudnn_autotuner(tuned)
     results = measure(candidates, rounds=args.rounds, warmup=args.warmup, number=args.number, device=device)
     suffix = f"w{args.width:g}{'_bn' if args.batch_norm else ''}"
-    report(f"train_step_b{args.batch}_{suffix}", results, "plain eager step", args, device, per_call_items=args.batch)
+    # A training step costs about three forwards (the backward computes the gradients of inputs and of weights).
+    network = build_ssd(300, 21, width=args.width, batch_norm=args.batch_norm).eval()
+    flops = 3 * 2 * count_macs(network, images[:1].cpu())
+    peak = dense_bf16_peak_tflops(device)
+    for stats in results.values():
+        stats["tflops"] = flops * args.batch / stats["median_s"] / 1e12
+    report(f"train_step_b{args.batch}_{suffix}", results, "plain eager step", args, device, per_call_items=args.batch,
+           extra={"train_gflop_per_image": flops / 1e9, "dense_bf16_peak_tflops": peak})  # fmt: skip
+    print(
+        f"at {flops / 1e9:.1f} GFLOP per image and step"
+        + (f", against a dense bfloat16 peak of {peak:g}" if peak else "")
+    )
+    for name, stats in results.items():
+        fraction = f" ({stats['tflops'] / peak:.1%})" if peak else ""
+        print(f"  {name}: {stats['tflops']:.1f} TFLOP/s{fraction}")
     if args.profile:  # where the step's time goes; the rounds above have warmed the allocator up
         from torch.profiler import ProfilerActivity, profile
 
