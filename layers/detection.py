@@ -371,6 +371,9 @@ class Detect:
         self.candidates, self.rounds = candidates, rounds
         # (input shapes, dtypes, device, priors) -> (graph, its input buffers, the priors it reads, its outputs)
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, tuple[Tensor, ...]]] = {}
+        # One memory pool for all of them: they never run at the same time, and what a replay leaves is read (the
+        # summary) or copied (the detections) before the next.
+        self._pool = None
 
     # The settings' fields, read where Detect applies them.
     conf_thresh = property(lambda self: self.settings.conf_thresh)
@@ -411,7 +414,7 @@ class Detect:
             except RuntimeError as error:  # a graph this GPU cannot record or hold (memory): the exact path, said once
                 logger.warning("Detect's CUDA-graph path failed (%s); Detect runs its exact path from now on",
                                str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
-                self.static, self._graphs = False, {}
+                self.static, self._graphs, self._pool = False, {}, None
                 return self._exact(loc_preds, conf_preds, priors)
         else:
             summary, boxes, scores, labels = self._static_outputs(loc_preds, conf_preds, priors)
@@ -443,8 +446,8 @@ class Detect:
         key = (loc_preds.shape, loc_preds.dtype, conf_preds.shape, conf_preds.dtype, conf_preds.device,
                priors.shape, priors.dtype, priors.stride(), priors.data_ptr())  # fmt: skip
         # Buffers made under inference_mode would be inference tensors, which a later call outside it could not
-        # copy into; the caller's no_grad still holds.
-        with torch.inference_mode(False):
+        # copy into; leaving inference_mode turns gradients on, so no_grad again.
+        with torch.inference_mode(False), torch.no_grad():
             if key not in self._graphs:
                 self._graphs[key] = self._capture(loc_preds, conf_preds, priors)
             graph, static_loc, static_conf, _, (summary, *outputs) = self._graphs[key]
@@ -469,8 +472,9 @@ class Detect:
             graph = torch.cuda.CUDAGraph()
             # thread_local: Detect runs inside training (pseudo-labels) while DataLoader threads pin memory, which
             # the default "global" mode forbids during a capture; this thread does nothing unsafe.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 outputs = self._static_outputs(static_loc, static_conf, priors)
+        self._pool = self._pool if self._pool is not None else graph.pool()
         return graph, static_loc, static_conf, priors, outputs
 
     def _exact(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> list[Detections]:

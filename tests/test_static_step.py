@@ -143,3 +143,25 @@ def test_train_py_cuda_graph_trains_as_the_eager_step_and_resumes_exactly(
 def test_train_py_refuses_cuda_graph_with_domain_adaptation(shapes: Path, tmp_path: Path) -> None:  # noqa: F811
     with pytest.raises(ValueError, match="--cuda_graph records the supervised step of one process"):
         run_main(args_for(shapes, tmp_path / "runs", "--cuda_graph", "--target_root", str(shapes), "--da", "grl"))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_a_resumed_optimizer_keeps_this_runs_implementation_flags(kind: str) -> None:
+    # A run saved unfused (on a CPU) and resumed with --cuda_graph on a GPU must stay fused: load_state_dict
+    # would otherwise bring back the saved flags, and the recorded step would read its lr on the host.
+    from utils.training import match_optimizer_flags
+
+    model = small_model()
+    saved = make_optimizer(model, kind)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    saved.step()
+    cls = type(saved)
+    fused = cls(model.parameters(), lr=1e-3, fused=True)
+    fused.load_state_dict(saved.state_dict())
+    assert not all(group["fused"] for group in fused.param_groups)  # what load_state_dict does
+    match_optimizer_flags(fused)
+    assert all(group["fused"] for group in fused.param_groups)
+    if kind == "adamw":
+        assert all(state["step"].dtype == torch.float32 for state in fused.state.values())
+    fused.step()  # runs with the restored state

@@ -91,7 +91,8 @@ class InferenceModel:
                     self._forward(static_input)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: eval.py's loader threads may pin memory while this thread records
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self._forward(static_input)
         return graph, static_input, outputs
 

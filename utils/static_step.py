@@ -93,6 +93,8 @@ class StaticTrainStep:
         self.device = model.priors.device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.cuda_graph and not all(group.get("fused") for group in optimizer.param_groups):
+            raise ValueError("a recorded training step needs a fused optimizer (its learning rate is a GPU tensor)")
         self._graphs: dict[tuple[tuple[int, ...], int], Captured] = {}
         self._pool: Any = None  # the graphs share one memory pool: they never run at the same time
         self._lrs: list[Tensor] = []
@@ -114,7 +116,9 @@ class StaticTrainStep:
             return self.step(*batch)
         key = (tuple(images.shape), size)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(self._to_device(images, truths, labels, valid))
+            # Buffers of the graph's own: the caller's tensor (already on the device) would be freed and reused.
+            buffers = tuple(t.clone() for t in self._to_device(images, truths, labels, valid))
+            self._graphs[key] = self._capture(buffers)
         captured = self._graphs[key]
         for buffer, value in zip((captured.images, captured.truths, captured.labels, captured.valid),
                                  (images, truths, labels, valid), strict=True):  # fmt: skip
@@ -189,11 +193,13 @@ class StaticTrainStep:
             with torch.cuda.device(self.device):
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(WARMUP_STEPS):
-                        self.step(*batch)
-                torch.cuda.current_stream().wait_stream(stream)
-                self.restore(saved)
+                try:
+                    with torch.cuda.stream(stream):
+                        for _ in range(WARMUP_STEPS):
+                            self.step(*batch)
+                finally:  # whatever happened, the run goes on from the state before the warm-up
+                    torch.cuda.current_stream().wait_stream(stream)
+                    self.restore(saved)
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: the loader's pin-memory thread may allocate while this thread records
                 with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):

@@ -216,6 +216,21 @@ def build_optimizer(args: argparse.Namespace, parameters: list[nn.Parameter]) ->
     return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, fused=fused, capturable=graphed)
 
 
+def match_optimizer_flags(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: the implementation flags that :func:`build_optimizer` chose for this run and
+    device, not those of the run that saved the state (a run saved on a CPU resumes with ``--cuda_graph`` on a
+    GPU fused and capturable), and Adam's step counters where those flags keep them (on the parameter's device)."""
+    flags = ("fused", "foreach", "capturable")
+    for group in optimizer.param_groups:
+        group.update({key: optimizer.defaults[key] for key in flags if key in group and key in optimizer.defaults})
+        on_device = group.get("fused") or group.get("capturable")
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                device = param.device if on_device else torch.device("cpu")
+                optimizer.state[param]["step"] = step.to(device, torch.float32)
+
+
 def warmup_epochs(args: argparse.Namespace) -> float:
     """``--warmup_epochs`` when given; else 1 epoch, except under the paper's schedule, which has none."""
     if args.warmup_epochs is not None:
@@ -505,9 +520,7 @@ class Trainer:
     def load_state(self, checkpoint: dict) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        for group in self.optimizer.param_groups:  # this device's choice, not the saving run's (AdamW on a CPU)
-            if "capturable" in group:
-                group["capturable"] = self.optimizer.defaults["capturable"]
+        match_optimizer_flags(self.optimizer)
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.epoch_step = int(checkpoint["epoch"]), int(checkpoint["epoch_step"])
