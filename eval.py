@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -38,7 +39,7 @@ from utils.cli import (
     raw_weights,
     run_cli,
 )
-from utils.evaluation import METRICS, default_metric, evaluate, format_table, save_outputs
+from utils.evaluation import METRICS, default_metric, evaluate, format_table, format_time, save_outputs
 from utils.predict import Predictor, load_runner
 from utils.runs import check_writable, increment_run_dir, select_device
 from utils.voc_eval import DEVKIT, SSD_PYTORCH
@@ -84,7 +85,9 @@ def main(args: argparse.Namespace) -> int:
     preset = dataset_preset(args)
     check_writable(args.project)  # before the detection work, not after it
     device = select_device(args.device)
+    start = time.perf_counter()
     runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp, prepare=adabn_step(args, device))
+    startup = time.perf_counter() - start  # with the CUDA context's creation on a GPU
     info = runner.info
     require_classes(info, preset.class_names, args.weights)
     if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):
@@ -112,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
     label = "mAP" if metric != "coco" else "AP@[.5:.95]"
     area = f" (area mAP {result['area_map']:.4f})" if metric == "voc07" else ""
     print(f"{metric} {label} = {result['map']:.4f}{area} over {len(dataset)} images; results in {out_dir}")
+    print(f"time: {format_time(result['time_s'], args.num_workers)}; before it, {startup:.2f} s loading the model")
     return 0
 
 

@@ -57,6 +57,11 @@ def test_evaluate_scores_known_detections(tmp_path: Path) -> None:
     assert result["area_map"] == area["map"] == area["area_map"]
     assert result["area_ap"]["square"] == 1.0 and result["area_ap"]["star"] == 0.0
     assert np.isnan(result["area_ap"]["circle"])
+    # Where the time went (the GPU-throughput issue's eval report): the stages partition the total.
+    seconds = result["time_s"]
+    assert set(seconds) == {"total", "annotations", "images", "network", "detect", "metric"}
+    parts = [seconds[k] for k in ("annotations", "images", "network", "detect", "metric")]
+    assert seconds["network"] >= 0 and seconds["detect"] >= 0 and sum(parts) == pytest.approx(seconds["total"])
 
 
 def test_compare_tool_tables_eval_runs(tmp_path: Path) -> None:
@@ -95,9 +100,11 @@ def test_cli_end_to_end_on_shapes(tmp_path: Path) -> None:
                       "--batch_size", "4", "--num_workers", "0", "--project", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "voc07 mAP = " in result.stdout and "square" in result.stdout
+    assert "s from the first annotation read to the mAP: annotations " in result.stdout.splitlines()[-1]
     out = tmp_path / "runs" / "exp1"
     summary = json.loads((out / "ap.json").read_text())
     assert summary["metric"] == "voc07" and summary["num_images"] == 6 and summary["num_detections"] == 6
+    assert summary["time_s"]["total"] > 0
     assert (out / "ap.csv").read_text().startswith("class,ap,num_gt")
     assert (out / "pr_curves.png").stat().st_size > 1000
     lines = (out / "results" / "det_test_square.txt").read_text().splitlines()

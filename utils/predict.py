@@ -238,6 +238,19 @@ class SpeedLog:
         self.batch_sizes.add(batch_size)
         return self.startup
 
+    def add(self, batch_size: int, preprocess_s: float, network_s: float, detect_s: float) -> None:
+        """Log one batch's seconds per stage."""
+        timer = self.timer_for(batch_size)
+        timer.preprocess += preprocess_s * 1e3
+        timer.network += network_s * 1e3
+        timer.detect += detect_s * 1e3
+        timer.images += batch_size
+
+    def total_s(self) -> dict[str, float]:
+        """Seconds per stage over every batch, the first ones included."""
+        stages = ("preprocess", "network", "detect")
+        return {stage: (getattr(self.steady, stage) + getattr(self.startup, stage)) / 1e3 for stage in stages}
+
     def line(self) -> str:
         if not self.steady.images:
             return f"speed per image (first batches only, start-up included): {self.startup.line()}"
@@ -278,9 +291,15 @@ class Predictor:
             images (Tensor[B, 3, S, S]): from ``self.transform``.
             sizes: ``(width, height)`` of each original image, to scale the relative boxes to pixels.
         """
+        start = time.perf_counter()
         outputs = self.runner(images)
+        if self.runner.device.type == "cuda":  # the network's time, not its launch's
+            torch.cuda.synchronize(self.runner.device)
+        net = time.perf_counter()
         found = outputs if self.runner.returns_detections else self.detect(*outputs, self.runner.priors)
-        return [to_pixels(detection, width, height) for detection, (width, height) in zip(found, sizes, strict=True)]
+        results = [to_pixels(detection, width, height) for detection, (width, height) in zip(found, sizes, strict=True)]
+        self.speed.add(len(images), 0.0, net - start, time.perf_counter() - net)
+        return results
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[PixelDetections]:
         """Detect in BGR uint8 images ``[H, W, 3]`` of any sizes (as ``cv2.imread`` gives), timing each stage."""
@@ -301,12 +320,7 @@ class Predictor:
         else:
             found = [d for loc, conf in outputs for d in self.detect(loc, conf, self.runner.priors)]
         results = [to_pixels(d, image.shape[1], image.shape[0]) for d, image in zip(found, images, strict=True)]
-        end = time.perf_counter()
-        timer = self.speed.timer_for(len(images))
-        timer.preprocess += (mid - start) * 1e3
-        timer.network += (net - mid) * 1e3
-        timer.detect += (end - net) * 1e3
-        timer.images += len(images)
+        self.speed.add(len(images), mid - start, net - mid, time.perf_counter() - net)
         return results
 
 
@@ -334,9 +348,9 @@ def predict_dataset(
     Args:
         image_sizes: ``(width, height)`` of each original image.
     """
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=detection_collate
-    )
+    pin = predictor.runner.device.type == "cuda"  # pinned batches copy to the GPU asynchronously
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=detection_collate, pin_memory=pin)  # fmt: skip
     outputs: list[PixelDetections] = []
     for images, _ in tqdm(loader, desc="detect", unit="batch", disable=not progress, leave=False):
         outputs += predictor.detect_batch(images, image_sizes[len(outputs) : len(outputs) + len(images)])
