@@ -100,7 +100,7 @@ def test_cli_end_to_end_on_shapes(tmp_path: Path) -> None:
                       "--batch_size", "4", "--num_workers", "0", "--project", str(tmp_path / "runs"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "voc07 mAP = " in result.stdout and "square" in result.stdout
-    assert "s from the first annotation read to the mAP: annotations " in result.stdout.splitlines()[-1]
+    assert "s from the annotations to the mAP: annotations (parsed or cached) " in result.stdout.splitlines()[-1]
     out = tmp_path / "runs" / "exp1"
     summary = json.loads((out / "ap.json").read_text())
     assert summary["metric"] == "voc07" and summary["num_images"] == 6 and summary["num_detections"] == 6

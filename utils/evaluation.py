@@ -108,7 +108,7 @@ def evaluate(
 def format_time(seconds: dict[str, float], num_workers: int) -> str:
     """:func:`evaluate`'s ``time_s`` as one line."""
     readers = f"{num_workers} loader workers" if num_workers else "the main process"
-    return (f"{seconds['total']:.2f} s from the first annotation read to the mAP: annotations "
+    return (f"{seconds['total']:.2f} s from the annotations to the mAP: annotations (parsed or cached) "
             f"{seconds['annotations']:.2f} s, waiting for images (decoded and resized by {readers}) "
             f"{seconds['images']:.2f} s, network {seconds['network']:.2f} s, Detect and scaling "
             f"{seconds['detect']:.2f} s, metric {seconds['metric']:.2f} s")  # fmt: skip
