@@ -129,8 +129,8 @@ class DetectionDataset(Dataset):
         transform: ``(image, boxes, labels, rng) -> (image, boxes, labels)``, e.g. ``SSDAugmentation``.
         keep_difficult: keep "difficult" objects in training targets (they are always in ``pull_anno``).
         skip_bad: skip missing/corrupt images and malformed annotations with a warning instead of raising.
-        seed: with the epoch (:meth:`set_epoch`) and the index, seeds each sample's augmentation, so a run
-            is reproducible whatever the number of loader workers.
+        seed: with the epoch and the index of a sample's key (:meth:`__getitem__`), seeds its augmentation, so
+            a run is reproducible whatever the number of loader workers.
     """
 
     def __init__(
@@ -146,15 +146,10 @@ class DetectionDataset(Dataset):
         self.keep_difficult = keep_difficult
         self.skip_bad = skip_bad
         self.seed = seed
-        self.epoch = 0
         self.ids: list[str] = []
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation draws; call before creating each epoch's DataLoader iterator."""
-        self.epoch = epoch
 
     def image_path(self, index: int) -> Path:
         raise NotImplementedError
@@ -167,10 +162,10 @@ class DetectionDataset(Dataset):
         return read_image(self.image_path(index))
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Sample ``key``: an index, augmented with the draws of :meth:`set_epoch`'s epoch, or ``(epoch, index)``
-        (``data.sampler.EpochSampler(with_epoch=True)``: loader workers that persist across epochs keep the
-        dataset as it was when they started, so the epoch travels with the index)."""
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        """Sample ``key``: ``(epoch, index)``, as ``data.sampler.EpochSampler`` gives them (the epoch changes the
+        augmentation's draws, and travels with the index to loader workers that persist across epochs), or an
+        index alone, for epoch 0."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         for attempt in range(len(self)):
             current = (index + attempt) % len(self)
             try:

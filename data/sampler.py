@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Sampler
 
 
-class EpochSampler(Sampler[int | tuple[int, int]]):
+class EpochSampler(Sampler[tuple[int, int]]):
     """Shuffle ``size`` indices with a generator seeded by ``(seed, epoch)`` and deal them to ranks.
 
     Rank ``r`` of ``num_replicas`` takes every ``num_replicas``-th index from position ``r`` (as
@@ -23,8 +23,6 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         num_replicas, rank: the process group (1, 0 without DDP).
         shuffle: permute (True) or keep dataset order.
         drop_last: drop the tail so every rank gets the same count; otherwise pad by wrapping around.
-        with_epoch: yield ``(epoch, index)`` keys instead of indices (``DetectionDataset`` takes both): the epoch,
-            which seeds each sample's augmentation, then reaches loader workers that persist across epochs.
     """
 
     def __init__(
@@ -35,7 +33,6 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         rank: int = 0,
         shuffle: bool = True,
         drop_last: bool = False,
-        with_epoch: bool = False,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
@@ -45,7 +42,6 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         self.rank = rank
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.with_epoch = with_epoch
         self.epoch = 0
         self.start = 0
         per_rank = size // num_replicas if drop_last else math.ceil(size / num_replicas)
@@ -56,7 +52,9 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         self.epoch = epoch
         self.start = start
 
-    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """``(epoch, index)`` keys: the epoch seeds each sample's augmentation (``DetectionDataset``), and travels
+        with the index to loader workers that persist across epochs."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             indices = torch.randperm(self.size, generator=generator).tolist()
@@ -66,7 +64,7 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         if total > len(indices):
             indices += (indices * math.ceil(total / max(len(indices), 1)))[: total - len(indices)]
         mine = indices[:total][self.rank :: self.num_replicas][self.start :]
-        return iter([(self.epoch, i) for i in mine] if self.with_epoch else mine)
+        return iter([(self.epoch, i) for i in mine])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from layers.box_utils import DEFAULT_VARIANCES, Variances, decode
+from layers.cuda_graph import record_graph
 
 logger = logging.getLogger(__name__)
 
@@ -318,9 +319,10 @@ class Detect:
     ssd.pytorch's ``Detect`` (whose cross-class top-k step has no effect).
 
     On a GPU that path would wait for the device several times per call, and torchvision's CUDA NMS kernel is not
-    exact (it compares the IoU with the threshold rounded to float32). There Detect runs :func:`static_detect`
-    instead, recorded once per input shape as a CUDA graph and replayed, reads back once which images it settled,
-    and recomputes the others by the path above: the same detections, bit for bit, as that path on that device.
+    exact (it compares the IoU with the threshold rounded to float32). There, with a ``keep_top_k`` cap, Detect
+    runs :func:`static_detect` instead, recorded once per input shape as a CUDA graph and replayed, reads back once
+    which images it settled, and recomputes the others by the path above: the same detections, bit for bit, as
+    that path on that device (tested on the CPU, where ``static=True`` runs the same tensor operations).
 
     Args:
         num_classes: C, including the background.
@@ -332,8 +334,9 @@ class Detect:
         clip_boxes: clip the decoded boxes to the image (``[0, 1]``) before NMS, as torchvision's SSD does.
         decode_clamp: clamp of the log-size offsets in decoding (torchvision: ``log(1000 / 16)``); None: no clamp.
         static: run :func:`static_detect` (and the exact path for the images it does not settle): True, False, or
-            None for on a GPU only (on a CPU the exact path is faster; True there tests the GPU's logic). On a GPU
-            it is recorded as a CUDA graph.
+            None for on a GPU with a ``keep_top_k`` cap only (on a CPU the exact path is faster, and True there
+            tests the GPU's logic; without a cap an image settles only when all its candidates fit in
+            ``candidates``, so most would be computed twice). On a GPU it is recorded as a CUDA graph.
         candidates: the best (prior, class) pairs per image that :func:`static_detect` looks at. By default
             ``4 * keep_top_k``, the first prefix the exact path tries, enough unless NMS removes three candidates in
             four; without a cap 1024, as the [M, M] IoU matrix grows with the square. Without a cap an image
@@ -406,16 +409,13 @@ class Detect:
         if num_classes != self.num_classes:
             raise ValueError(f"conf_preds has {num_classes} classes but Detect was built for {self.num_classes}")
         on_gpu = conf_preds.device.type == "cuda"
-        if not (on_gpu if self.static is None else self.static):
+        if not (on_gpu and self.keep_top_k is not None if self.static is None else self.static):
             return self._exact(loc_preds, conf_preds, priors)
         if on_gpu:
-            try:
-                summary, boxes, scores, labels = self._replay(loc_preds, conf_preds, priors)
-            except RuntimeError as error:  # a graph this GPU cannot record or hold (memory): the exact path, said once
-                logger.warning("Detect's CUDA-graph path failed (%s); Detect runs its exact path from now on",
-                               str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
-                self.static, self._graphs, self._pool = False, {}, None
+            replayed = self._replay(loc_preds, conf_preds, priors)
+            if replayed is None:  # the graph could not be recorded
                 return self._exact(loc_preds, conf_preds, priors)
+            summary, boxes, scores, labels = replayed
         else:
             summary, boxes, scores, labels = self._static_outputs(loc_preds, conf_preds, priors)
         counts, settled = summary.tolist()  # the one wait for the device
@@ -438,18 +438,25 @@ class Detect:
         )
         return torch.stack((num_detections, settled.long())), boxes, scores, labels
 
-    def _replay(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> tuple[Tensor, ...]:
+    def _replay(self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor) -> tuple[Tensor, ...] | None:
         """:meth:`_static_outputs` by this input shape's CUDA graph, recorded at the first call. The graph reads
         ``priors`` where they lie (the key holds their address, the cache a reference that keeps it theirs); the
         logits are copied into its buffers. Boxes, scores and labels are copies; the summary is the graph's own
-        buffer, to be read before the next replay."""
+        buffer, to be read before the next replay. None, and the exact path from then on, where the graph cannot
+        be recorded (this GPU or PyTorch build refuses an operation, or memory runs out)."""
         key = (loc_preds.shape, loc_preds.dtype, conf_preds.shape, conf_preds.dtype, conf_preds.device,
                priors.shape, priors.dtype, priors.stride(), priors.data_ptr())  # fmt: skip
         # Buffers made under inference_mode would be inference tensors, which a later call outside it could not
         # copy into; leaving inference_mode turns gradients on, so no_grad again.
         with torch.inference_mode(False), torch.no_grad():
             if key not in self._graphs:
-                self._graphs[key] = self._capture(loc_preds, conf_preds, priors)
+                try:
+                    self._graphs[key] = self._capture(loc_preds, conf_preds, priors)
+                except RuntimeError as error:
+                    logger.warning("Detect could not record its CUDA graph (%s); it runs its exact path from now on",
+                                   str(error).splitlines()[0] if str(error) else type(error).__name__)  # fmt: skip
+                    self.static, self._graphs, self._pool = False, {}, None
+                    return None
             graph, static_loc, static_conf, _, (summary, *outputs) = self._graphs[key]
             static_loc.copy_(loc_preds)
             static_conf.copy_(conf_preds)
@@ -459,21 +466,11 @@ class Detect:
     def _capture(
         self, loc_preds: Tensor, conf_preds: Tensor, priors: Tensor
     ) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
-        """Record :meth:`_static_outputs` at these inputs' shapes, after warm-up runs on a side stream, as
-        ``torch.cuda.graph`` requires (``utils.runtime.InferenceModel._capture`` does the same)."""
+        """Record :meth:`_static_outputs` at these inputs' shapes (:func:`layers.cuda_graph.record_graph`)."""
         static_loc, static_conf = loc_preds.clone(), conf_preds.clone()
-        with torch.cuda.device(conf_preds.device):  # the capture stream is the current device's
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._static_outputs(static_loc, static_conf, priors)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: Detect runs inside training (pseudo-labels) while DataLoader threads pin memory, which
-            # the default "global" mode forbids during a capture; this thread does nothing unsafe.
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                outputs = self._static_outputs(static_loc, static_conf, priors)
+        graph, outputs = record_graph(
+            lambda: self._static_outputs(static_loc, static_conf, priors), conf_preds.device, pool=self._pool
+        )
         self._pool = self._pool if self._pool is not None else graph.pool()
         return graph, static_loc, static_conf, priors, outputs
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from layers.cuda_graph import record_graph
 from ssd import SSD
 
 logger = logging.getLogger(__name__)
@@ -80,20 +81,9 @@ class InferenceModel:
         return loc.float(), conf.float()
 
     def _capture(self, images: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, tuple[Tensor, Tensor]]:
-        """Record one forward at ``images``' shape, after warm-up runs on a side stream (which also let cuDNN's
-        autotuner choose its algorithms outside the capture), as ``torch.cuda.graph`` requires."""
+        """Record one forward at ``images``' shape (:func:`layers.cuda_graph.record_graph`)."""
         static_input = images.clone()
-        with torch.cuda.device(self.device):  # the capture stream is the current device's
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(static_input)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: eval.py's loader threads may pin memory while this thread records
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                outputs = self._forward(static_input)
+        graph, outputs = record_graph(lambda: self._forward(static_input), self.device)
         return graph, static_input, outputs
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from layers.box_utils import pad_targets
+from layers.cuda_graph import record_graph
 from layers.multibox_loss import MultiBoxLoss
 
 # Targets are padded to a power of two of at least this many ground truths: a few graphs cover a dataset (VOC's
@@ -189,21 +190,9 @@ class StaticTrainStep:
             lr.fill_(group["lr"])
             group["lr"] = lr  # the graph reads the tensor; the scheduler keeps writing floats between steps
         saved = self.snapshot()
-        try:
-            with torch.cuda.device(self.device):
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                try:
-                    with torch.cuda.stream(stream):
-                        for _ in range(WARMUP_STEPS):
-                            self.step(*batch)
-                finally:  # whatever happened, the run goes on from the state before the warm-up
-                    torch.cuda.current_stream().wait_stream(stream)
-                    self.restore(saved)
-                graph = torch.cuda.CUDAGraph()
-                # thread_local: the loader's pin-memory thread may allocate while this thread records
-                with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                    terms = self.step(*batch)
+        try:  # whatever the warm-up does or raises, the run goes on from the state before it
+            graph, terms = record_graph(lambda: self.step(*batch), self.device, WARMUP_STEPS, self._pool,
+                                        after_warmup=lambda: self.restore(saved))  # fmt: skip
         finally:
             for value, group in zip(floats, self.optimizer.param_groups, strict=True):
                 group["lr"] = value

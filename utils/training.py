@@ -349,8 +349,7 @@ def build_train_loader(
                             args.skip_bad, args.seed)  # fmt: skip
     if len(dataset) < args.batch_size:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than --batch_size {args.batch_size}")
-    sampler = EpochSampler(len(dataset), args.seed, dist.world_size, dist.rank, shuffle=True, drop_last=True,
-                           with_epoch=True)  # fmt: skip
+    sampler = EpochSampler(len(dataset), args.seed, dist.world_size, dist.rank, shuffle=True, drop_last=True)
     # Workers persist across epochs (no start-up per epoch); the sampler's keys carry the epoch to them.
     loader = DataLoader(dataset, args.batch_size // dist.world_size, sampler=sampler, num_workers=args.num_workers,
                         collate_fn=detection_collate, pin_memory=device.type == "cuda", drop_last=True,
