@@ -104,11 +104,13 @@ def main(args: argparse.Namespace) -> int:
                 "ssd.pytorch" if args.ssd_pytorch else "devkit")  # fmt: skip
     result = evaluate(predictor, dataset, args.batch_size, args.num_workers, metric, convention, args.iou_thresh)
 
+    start = time.perf_counter()
     out_dir = increment_run_dir(args.project, args.name)
     run_settings = {"weights": str(args.weights), "dataset": preset.name, "dataset_root": str(args.dataset_root),
                     "metric": metric, "convention": "ssd.pytorch" if args.ssd_pytorch else "devkit",
                     "iou_thresh": args.iou_thresh, "adabn": args.adabn, **settings.to_dict()}  # fmt: skip
     save_outputs(out_dir, result, dataset, run_settings)
+    writing = time.perf_counter() - start
     print(format_table(result))
     if "coco" in result:
         print(result["coco"]["summary"])
@@ -118,7 +120,8 @@ def main(args: argparse.Namespace) -> int:
     area = f" (area mAP {result['area_map']:.4f})" if metric == "voc07" else ""
     print(f"{metric} {label} = {result['map']:.4f}{area} over {len(dataset)} images; results in {out_dir}")
     print(f"time: {format_time(result['time_s'], args.num_workers)}; before it, {startup:.2f} s loading the model "
-          f"and {indexing:.2f} s reading the dataset's index and annotations")  # fmt: skip
+          f"and {indexing:.2f} s reading the dataset's index and annotations; after it, {writing:.2f} s writing the "
+          "results")  # fmt: skip
     return 0
 
 
