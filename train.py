@@ -110,7 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="one fused kernel for the whole optimizer step (a GPU lever; the same update up to rounding)")  # fmt: skip
     optim.add_argument("--cuda_graph", action="store_true",
                        help="a GPU lever: record the step once as a CUDA graph and replay it (targets padded, --amp in "
-                            "bfloat16, the optimizer fused; README, 'Performance'); on a CPU the same step runs eagerly")  # fmt: skip
+                            "bfloat16, the optimizer fused; README, 'Training fast on one GPU'); on a CPU the same step runs eagerly")  # fmt: skip
     run = parser.add_argument_group("run")
     add_device_flags(run)
     add_workers_flag(run)

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The step groups, in the order of priority (the JPEGs are written when train_py or eval runs).
+STEPS = ("train_step", "train_py", "latency", "eval")
 
 
 def run(command: list[str], timeout: float) -> dict:
@@ -134,10 +136,6 @@ def main() -> int:
                                            "2" if args.quick else "12", "--amp", "--project", str(tmp / "eval")], 1800))  # fmt: skip
     print(f"wrote {args.out}")
     return 0
-
-
-# The step groups, in the order of priority (the JPEGs are written when train_py or eval runs).
-STEPS = ("train_step", "train_py", "latency", "eval")
 
 
 def voc_classes() -> tuple[str, ...]:

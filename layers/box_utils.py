@@ -164,10 +164,11 @@ def match(
         conf_targets = torch.zeros(batch_size, num_priors, dtype=torch.long, device=priors.device)
         return loc_targets, conf_targets
 
-    # IoU of the real truths only; padding rows get -1, below every real IoU, so they are never any prior's
-    # best truth (and cost nothing to compute).
+    # Padding rows get -1, below every real IoU, so they are never any prior's best truth; without static shapes
+    # only the real truths' IoU is computed.
     if static_shapes:
-        overlaps = iou(truths.flatten(0, 1), cxcywh_to_xyxy(priors)).view(batch_size, max_truths, num_priors)
+        overlaps = iou(truths.flatten(0, 1), cxcywh_to_xyxy(priors))  # [B*N, P]
+        overlaps = overlaps.view(batch_size, max_truths, num_priors)
         overlaps = overlaps.masked_fill(~valid.unsqueeze(-1), -1.0)  # [B, N, P]
     else:
         overlaps = truths.new_full((batch_size, max_truths, num_priors), -1.0)  # [B, N, P]

@@ -279,6 +279,7 @@ def static_detect(
     x1, y1, x2, y2 = cand_boxes.double().unbind(-1)  # [B, M] each
     area = (x2 - x1) * (y2 - y1)  # [B, M]
     inter = (torch.minimum(x2[:, :, None], x2[:, None]) - torch.maximum(x1[:, :, None], x1[:, None])).clamp_(min=0)
+    # inter: [B, M, M] widths, then areas
     inter *= (torch.minimum(y2[:, :, None], y2[:, None]) - torch.maximum(y1[:, :, None], y1[:, None])).clamp_(min=0)
     union = (area[:, :, None] + area[:, None]).sub_(inter)  # [B, M, M]
     overlaps = inter.div_(union) > settings.nms_thresh  # [B, M, M]

@@ -57,11 +57,11 @@ def test_evaluate_scores_known_detections(tmp_path: Path) -> None:
     assert result["area_map"] == area["map"] == area["area_map"]
     assert result["area_ap"]["square"] == 1.0 and result["area_ap"]["star"] == 0.0
     assert np.isnan(result["area_ap"]["circle"])
-    # Where the time went (the GPU-throughput issue's eval report): the stages partition the total.
+    # Where the time went (the GPU-throughput issue's eval report): no stage counted twice, so none is negative
+    # ("images" is what predicting took beyond the network and Detect).
     seconds = result["time_s"]
     assert set(seconds) == {"total", "annotations", "images", "network", "detect", "metric"}
-    parts = [seconds[k] for k in ("annotations", "images", "network", "detect", "metric")]
-    assert seconds["network"] >= 0 and seconds["detect"] >= 0 and sum(parts) == pytest.approx(seconds["total"])
+    assert all(value >= 0 for value in seconds.values())
 
 
 def test_compare_tool_tables_eval_runs(tmp_path: Path) -> None:

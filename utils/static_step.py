@@ -95,7 +95,10 @@ class StaticTrainStep:
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         if self.cuda_graph and not all(group.get("fused") for group in optimizer.param_groups):
-            raise ValueError("a recorded training step needs a fused optimizer (its learning rate is a GPU tensor)")
+            raise ValueError("a recorded training step needs a fused optimizer (fused=True): its learning rate is a "
+                             "GPU tensor")  # fmt: skip
+        if self.cuda_graph and not all(group.get("capturable", True) for group in optimizer.param_groups):
+            raise ValueError("a recorded Adam step needs capturable=True (its step counters on the GPU)")
         self._graphs: dict[tuple[tuple[int, ...], int], Captured] = {}
         self._pool: Any = None  # the graphs share one memory pool: they never run at the same time
         self._lrs: list[Tensor] = []

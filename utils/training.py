@@ -206,8 +206,9 @@ def build_model(args: argparse.Namespace, preset: DatasetPreset) -> tuple[SSD, D
 def build_optimizer(args: argparse.Namespace, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD or AdamW over ``parameters`` (the detector's, then any domain classifiers'); ``--fused_optimizer``
     updates every parameter in one fused kernel (the same update up to float rounding; fewer launches on a GPU).
-    Checkpoints written before the flag resume unfused. ``--cuda_graph`` on a GPU implies it: a recorded step reads
-    its learning rate from a GPU tensor, which fused SGD takes and AdamW only with ``capturable`` as well."""
+    ``--cuda_graph`` on a GPU implies it: a recorded step reads its learning rate from a GPU tensor, which fused SGD
+    takes and AdamW only with ``capturable`` as well. A resumed state keeps these flags (:func:`match_optimizer_flags`).
+    """
     graphed = getattr(args, "cuda_graph", False) and bool(parameters) and parameters[0].is_cuda
     fused = (getattr(args, "fused_optimizer", False) or graphed) or None
     if args.optimizer == "sgd":
@@ -310,6 +311,17 @@ def check_new_run_flags(args: argparse.Namespace, typed: frozenset[str]) -> None
                     args.warmup_epochs)  # fmt: skip
 
 
+def check_cuda_graph_flags(args: argparse.Namespace, device: torch.device, dist: DistInfo) -> None:
+    """Refuse ``--cuda_graph`` where the recorded step cannot run, before anything is built."""
+    if not getattr(args, "cuda_graph", False):
+        return
+    if getattr(args, "da", None) or dist.enabled:
+        raise ValueError("--cuda_graph records the supervised step of one process; drop it with --da or under torchrun")
+    if args.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--cuda_graph --amp trains in bfloat16, which {torch.cuda.get_device_name(device)} lacks; "
+                         "drop --amp (float32) or --cuda_graph (float16 with loss scaling)")  # fmt: skip
+
+
 def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Path) -> dict[str, Any]:
     """The saved arguments' changes for ``--resume ... --end_epoch N``: training a run longer (or shorter).
 
@@ -400,6 +412,7 @@ class Trainer:
         resume_path: Path | None = None,
     ) -> None:
         self.args, self.device, self.dist = args, device, dist
+        check_cuda_graph_flags(args, device, dist)
         if args.batch_size % dist.world_size:
             raise ValueError(f"--batch_size {args.batch_size} must be divisible by the {dist.world_size} processes")
         if dist.is_main and resume_path is None:
@@ -439,9 +452,6 @@ class Trainer:
         self.epochs, schedule = resolve_schedule(args, len(self.dataset), self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
         graphed = getattr(args, "cuda_graph", False)
-        if graphed and (self.adaptation is not None or dist.enabled):
-            raise ValueError("--cuda_graph records the supervised step of one process; drop it with --da or "
-                             "under torchrun")  # fmt: skip
         # A recorded step cannot scale float16 losses (the overflow check waits on the host): bfloat16 instead.
         self.amp_dtype = (torch.bfloat16 if graphed else mixed_precision_dtype(device)) if args.amp else None
         # float16 needs loss scaling against gradient underflow; bfloat16 has float32's range and does not.
