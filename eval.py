@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
     label = "mAP" if metric != "coco" else "AP@[.5:.95]"
     area = f" (area mAP {result['area_map']:.4f})" if metric == "voc07" else ""
     print(f"{metric} {label} = {result['map']:.4f}{area} over {len(dataset)} images; results in {out_dir}")
-    print(f"time: {format_time(result['time_s'], args.num_workers)}; before it, {startup:.2f} s loading the model "
+    loading = "loading the model" + (" and re-estimating its BatchNorm (--adabn)" if args.adabn else "")
+    print(f"time: {format_time(result['time_s'], args.num_workers)}; before it, {startup:.2f} s {loading} "
           f"and {indexing:.2f} s reading the dataset's index and annotations; after it, {writing:.2f} s writing the "
           "results")  # fmt: skip
     return 0

@@ -197,10 +197,14 @@ def test_resume_never_ignores_a_typed_flag(shapes: Path, tmp_path: Path, caplog:
     # are refused in one line.
     assert run_main(args_for(shapes, tmp_path / "runs", "--end_epoch", "1")) == 0
     resume = ["--resume", "auto", "--project", str(tmp_path / "runs"), "--device", "cpu"]
-    with pytest.raises(ValueError, match="--resume continues .* so --lr, --optimizer would be ignored; .*--finetune"):
+    with pytest.raises(ValueError, match="--resume continues .* so --lr, --optimizer would be ignored; drop them"):
         run_main([*resume, "--lr", "0.5", "--optimizer", "sgd"])
+    # A typed flag that repeats the run's own setting is not ignored: it is the setting.
+    with pytest.raises(ValueError, match="so --lr would be ignored; drop it, or .*--finetune"):
+        run_main([*resume, "--lr", "0.5", "--optimizer", "adamw"])
     with caplog.at_level("WARNING"):
         assert run_main(resume) == 0  # nothing typed: it says the run is done and trains nothing
+        assert run_main([*resume, "--optimizer", "adamw", "--batch_size", "4"]) == 0  # the run's own settings
     assert "already trained its 1 epochs; resume with --end_epoch N" in caplog.text
     assert len(losses(tmp_path / "runs" / "exp1")) == 2
     with pytest.raises(ValueError, match="has trained 1 epochs; --end_epoch 1 must be larger"):

@@ -8,6 +8,7 @@ import ctypes
 import ctypes.util
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -32,6 +33,8 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    for library in ("matplotlib", "PIL"):  # --verbose is about this project's steps, not their font searches
+        logging.getLogger(library).setLevel(logging.WARNING)
 
 
 # glibc mallopt parameters (malloc.h) and the size below which freed memory stays in the process.
@@ -153,7 +156,8 @@ PROBABILITY = bounded(float, 0, 1)
 # Each flag is defined once, here; every script that takes it adds its group. add_hyphen_aliases() gives every
 # underscore flag its hyphen spelling too (--batch_size and --batch-size).
 DEFAULT_WEIGHTS = "weights/ssd300_mAP_77.43_v2.pth"
-DEFAULT_NUM_WORKERS = 4
+# Four loader processes, but never more than the machine has cores (PyTorch warns, and they only compete).
+DEFAULT_NUM_WORKERS = min(4, os.cpu_count() or 1)
 DATASET_NAMES = (*DATASETS, "Custom")
 
 
@@ -235,7 +239,10 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_workers_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--num_workers", type=NON_NEGATIVE_INT, default=DEFAULT_NUM_WORKERS, help="data-loading processes"
+        "--num_workers",
+        type=NON_NEGATIVE_INT,
+        default=DEFAULT_NUM_WORKERS,
+        help=f"data-loading processes (default: 4, or the cores if fewer: {DEFAULT_NUM_WORKERS} here)",
     )
 
 

@@ -10,6 +10,7 @@ runs the same step eagerly, which is how the tests check it against the eager st
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from torch import Tensor, nn
 from layers.box_utils import pad_targets
 from layers.cuda_graph import record_graph
 from layers.multibox_loss import MultiBoxLoss
+
+logger = logging.getLogger(__name__)
 
 # Targets are padded to a power of two of at least this many ground truths: a few graphs cover a dataset (VOC's
 # images hold up to 42 objects: 32 and 64), and a denser batch records one more instead of failing.
@@ -186,6 +189,9 @@ class StaticTrainStep:
 
     def _capture(self, batch: tuple[Tensor, ...]) -> Captured:
         """Warm up on a side stream, undo the warm-up, and record one step on ``batch``'s buffers."""
+        images, truths = batch[0], batch[1]
+        logger.info("recording the training step as a CUDA graph: batch %s, targets padded to %d ground truths",
+                    tuple(images.shape), truths.shape[1])  # fmt: skip
         if not self._lrs:
             self._lrs = [torch.tensor(float(group["lr"]), device=self.device) for group in self.optimizer.param_groups]
         floats = [group["lr"] for group in self.optimizer.param_groups]

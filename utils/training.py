@@ -274,12 +274,15 @@ def resolve_resume(
     checkpoint = read_checkpoint(path)
     if "optimizer" not in checkpoint or "args" not in checkpoint:
         raise ValueError(f"{path} is not a train.py checkpoint (no optimizer state); use it with --finetune instead")
-    ignored = sorted(typed - set(OPERATIONAL_ARGS) - set(PER_INVOCATION_ARGS) - {"project", "end_epoch"})
+    # A typed flag that repeats the run's own setting changes nothing; any other would be ignored.
+    started = checkpoint["args"]
+    ignored = sorted(name for name in typed - set(OPERATIONAL_ARGS) - set(PER_INVOCATION_ARGS) - {"project", "end_epoch"}
+                     if name not in started or getattr(args, name) != started[name])  # fmt: skip
     if ignored:
         raise ValueError(
             f"--resume continues {path} with the settings it was started with, so "
-            f"{', '.join('--' + name for name in ignored)} would be ignored; drop them, or start a new run from "
-            f"its weights with --finetune {path}"
+            f"{', '.join('--' + name for name in ignored)} would be ignored; drop {'it' if len(ignored) == 1 else 'them'}"
+            f", or start a new run from its weights with --finetune {path}"
         )
     # Arguments added since the checkpoint was written: what it trained with, else the defaults.
     saved = {**defaults, **FORMER_DEFAULTS, **checkpoint["args"]}
