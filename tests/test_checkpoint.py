@@ -80,6 +80,10 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     junk.write_bytes(os.urandom(512))
     with pytest.raises(ValueError, match="junk.pth is not a loadable PyTorch checkpoint"):
         read_checkpoint(junk)
+    text = tmp_path / "notes.pth"  # a text file: torch's legacy reader fails with a bare KeyError
+    text.write_text("hello world this is text")
+    with pytest.raises(ValueError, match=r"notes.pth is not a loadable PyTorch checkpoint \(not a PyTorch file\)"):
+        read_checkpoint(text)
     listing = tmp_path / "list.pth"
     torch.save([1, 2, 3], listing)
     with pytest.raises(ValueError, match="holds a list"):

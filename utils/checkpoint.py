@@ -122,6 +122,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from error
     except Exception as error:  # torch raises several types for a corrupt file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, KeyError):  # the legacy reader met no PyTorch magic number: its key means nothing here
+            first_line = "not a PyTorch file"
         raise ValueError(
             f"{path} is not a loadable PyTorch checkpoint ({first_line}); re-download or re-export it"
         ) from error
