@@ -33,6 +33,7 @@ from utils.cli import (
     add_weights_flag,
     add_workers_flag,
     bounded,
+    check_size_flag,
     dataset_preset,
     detect_settings,
     make_parser,
@@ -89,6 +90,7 @@ def main(args: argparse.Namespace) -> int:
     runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp, prepare=adabn_step(args, device))
     startup = time.perf_counter() - start  # with the CUDA context's creation on a GPU
     info = runner.info
+    check_size_flag(args, info.config.size)
     require_classes(info, preset.class_names, args.weights)
     if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):
         raise ValueError(f"{args.weights} preprocesses in its graph or has its own Detect with --ssd_pytorch; "

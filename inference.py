@@ -30,6 +30,7 @@ from utils.cli import (
     add_raw_weights_flags,
     add_run_flags,
     add_weights_flag,
+    check_size_flag,
     dataset_preset,
     detect_settings,
     make_parser,
@@ -72,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
         sources = Sources(images=[split.image_path(i) for i in range(len(split))])
     device = select_device(args.device)
     runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp)
+    check_size_flag(args, runner.info.config.size)
     predictor = Predictor(runner, detect_settings(args, runner.info.postprocess))
     out_dir = increment_run_dir(args.project, args.name)
     writer = Writer(out_dir, runner.info.class_names, args.thresh, args.save_txt, args.save_json)

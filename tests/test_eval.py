@@ -148,6 +148,8 @@ def test_cli_failures_are_one_line(tmp_path: Path) -> None:
     save_detector(oracle_ssd(5, BOX, 2), weights, SHAPES_CLASSES)
     no_split = run_eval("--weights", str(weights), *common, "--image_set", "val", cwd=tmp_path)
     assert "val.txt does not exist" in error_line(no_split)
+    size = run_eval("--weights", str(weights), *common, "--size", "512", cwd=tmp_path)  # would be ignored
+    assert "is a 300x300 model and says so; --size 512 only describes raw ssd.pytorch state_dicts" in error_line(size)
     (tmp_path / "shapes" / "ImageSets" / "Main" / "test.txt").write_text("")
     empty = run_eval("--weights", str(weights), *common, cwd=tmp_path)
     assert "is empty" in error_line(empty)

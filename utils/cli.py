@@ -266,6 +266,14 @@ def raw_weights(args: argparse.Namespace, preset: DatasetPreset) -> RawWeights:
     return RawWeights(args.size, preset.class_names, preset.prior_family)
 
 
+def check_size_flag(args: argparse.Namespace, size: int) -> None:
+    """Refuse a typed ``--size`` that a model of input ``size`` would ignore (it describes itself: ``--size`` only
+    says what a raw state_dict is)."""
+    if "size" in getattr(args, "typed_flags", frozenset()) and args.size != size:
+        raise ValueError(f"{args.weights} is a {size}x{size} model and says so; --size {args.size} only describes raw "
+                         "ssd.pytorch state_dicts: drop it")  # fmt: skip
+
+
 def detect_settings(args: argparse.Namespace, base: DetectSettings) -> DetectSettings:
     """``base`` (the model's settings) with the detection flags that were given."""
     return base.override(args.conf_thresh, args.nms_thresh, args.top_k, args.keep_top_k)
