@@ -43,15 +43,18 @@ def iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     plane, where box_iou works on interleaved [N, M, 2] corners: faster on matching's few truths against
     thousands of priors (README, "Performance"; tests/test_box_utils.py checks the values).
 
+    The operations are torchvision's CPU NMS kernel's, in its order (``inter / ((area_a + area_b) - inter)``), so in
+    float64 the values are that kernel's to the last bit (``layers.detection.static_detect`` relies on it).
+
     Args:
-        boxes_a (Tensor[N, 4]): xyxy.
-        boxes_b (Tensor[M, 4]): xyxy.
+        boxes_a (Tensor[..., N, 4]): xyxy.
+        boxes_b (Tensor[..., M, 4]): xyxy, with leading dimensions that broadcast with ``boxes_a``'s.
 
     Returns:
-        Tensor[N, M] in [0, 1].
+        Tensor[..., N, M] in [0, 1].
     """
-    ax1, ay1, ax2, ay2 = boxes_a.unsqueeze(-1).unbind(1)  # [N, 1] each
-    bx1, by1, bx2, by2 = boxes_b.unbind(1)  # [M] each
+    ax1, ay1, ax2, ay2 = boxes_a.unsqueeze(-1).unbind(-2)  # [..., N, 1] each
+    bx1, by1, bx2, by2 = boxes_b.unsqueeze(-3).unbind(-1)  # [..., 1, M] each
     inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)  # [N, M] widths
     inter *= (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
     return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)

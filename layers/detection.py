@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from layers.box_utils import DEFAULT_VARIANCES, Variances, decode
+from layers.box_utils import DEFAULT_VARIANCES, Variances, decode, iou
 from layers.cuda_graph import record_graph
 
 logger = logging.getLogger(__name__)
@@ -147,6 +147,18 @@ def nms_within_groups(boxes: Tensor, group: Tensor, iou_threshold: float) -> Ten
     return torch.cat(kept).to(device)
 
 
+def order_keys(scores: Tensor, pair_index: Tensor) -> Tensor:
+    """Detect's total order of candidates as unique int64 keys, larger first: score descending, equal scores by
+    the lower (prior, class) pair. Scores are > 0, so their float32 bits order them as integers; the pair index
+    (``prior * (C-1) + class``, < 2^32) only orders equal scores.
+
+    Args:
+        scores (Tensor[...]): float32 softmax scores, > 0.
+        pair_index (Tensor[...]): int64, broadcasting with ``scores``.
+    """
+    return (scores.view(torch.int32).long() << 32) - pair_index
+
+
 def rank_within(keys: Tensor, counts: Tensor) -> Tensor:
     """The position of each element among the elements with its key, in their order.
 
@@ -245,11 +257,10 @@ def static_detect(
     num_pairs = num_priors * num_foreground
     scores = conf_preds.float().softmax(dim=-1)[..., 1:].reshape(batch_size, num_pairs)  # [B, P*F], prior-major
     passing = scores > settings.conf_thresh  # [B, P*F]
-    # Detect's order as unique int64 keys: passing scores are > 0, so their float32 bits order them as integers,
-    # and the pair index (< 2^32) breaks ties towards the lower prior, then class. Pairs that fail the threshold
-    # get negative keys, below every passing one and unique too, so that topk has no ties to break in its own way.
+    # Detect's order as unique int64 keys (order_keys). Pairs that fail the threshold get negative keys, below every
+    # passing one and unique too, so that topk has no ties to break in its own way.
     pair = torch.arange(num_pairs, device=device)  # [P*F]
-    keys = torch.where(passing, (scores.view(torch.int32).long() << 32) - pair, -1 - pair)  # [B, P*F]
+    keys = torch.where(passing, order_keys(scores, pair), -1 - pair)  # [B, P*F]
     pairs = pair.expand(batch_size, -1)  # [B, P*F]
     if settings.top_k < num_priors:  # only each class's top_k best can enter NMS
         keys, top_priors = keys.view(batch_size, num_priors, num_foreground).topk(settings.top_k, dim=1)  # [B, k, F]
@@ -274,16 +285,8 @@ def static_detect(
     if settings.clip_boxes:  # torchvision's SSD clips before NMS, so NMS sees the clipped boxes
         cand_boxes = cand_boxes.clamp(min=0.0, max=1.0)
 
-    # torchvision's CPU kernel in float64, operation for operation: inter / ((area_i + area_j) - inter) > thresh.
-    # In place where it can be: the [B, M, M] float64 temporaries are most of the memory a CUDA graph keeps.
-    x1, y1, x2, y2 = cand_boxes.double().unbind(-1)  # [B, M] each
-    area = (x2 - x1) * (y2 - y1)  # [B, M]
-    inter = (torch.minimum(x2[:, :, None], x2[:, None]) - torch.maximum(x1[:, :, None], x1[:, None])).clamp_(min=0)
-    # inter: [B, M, M] widths, then areas
-    inter *= (torch.minimum(y2[:, :, None], y2[:, None]) - torch.maximum(y1[:, :, None], y1[:, None])).clamp_(min=0)
-    union = (area[:, :, None] + area[:, None]).sub_(inter)  # [B, M, M]
-    overlaps = inter.div_(union) > settings.nms_thresh  # [B, M, M]
-    del inter, union
+    # In float64, iou's values are torchvision's CPU kernel's to the last bit.
+    overlaps = iou(cand_boxes.double(), cand_boxes.double()) > settings.nms_thresh  # [B, M, M]
     active = entered & cand_boxes.isfinite().all(-1)  # [B, M]: an inf or NaN box neither suppresses nor is
     kept, converged = greedy_fixed_point(rival & overlaps & active[:, :, None] & active[:, None], entered, rounds)
 
@@ -488,10 +491,8 @@ class Detect:
             passing &= scores >= scores.topk(self.top_k, dim=1).values[:, -1:]
         image_idx, prior_idx, class_idx = passing.nonzero(as_tuple=True)  # [M] each
         cand_scores = scores[image_idx, prior_idx, class_idx]  # [M]
-        # Best score first; equal scores by prior, then class, as the per-class loop meets them. Scores are > 0, so
-        # their float32 bits order them as integers; the tie-break, < 2^32, only orders equal scores.
-        tie_break = prior_idx * (num_classes - 1) + class_idx
-        order = ((cand_scores.view(torch.int32).long() << 32) - tie_break).argsort(descending=True)
+        # Best score first; equal scores by prior, then class, as the per-class loop meets them.
+        order = order_keys(cand_scores, prior_idx * (num_classes - 1) + class_idx).argsort(descending=True)
         image_idx, prior_idx, class_idx, cand_scores = (
             t[order] for t in (image_idx, prior_idx, class_idx, cand_scores)
         )
