@@ -12,20 +12,20 @@ DEMO_RECIPE := --dataset Shapes --basenet none --width 0.125 --batch_norm --prio
 	--num_workers 2 --seed 0
 DEMO_TRAIN := $(DEMO_RECIPE) --end_epoch 9 --dataset_root $(DEMO_DATA) --eval_interval 9
 
-# The domain adaptation demo (README, "Domain adaptation"): foggy shapes, make demo's recipe for every configuration
+# The domain adaptation demo (docs/domain_adaptation.md, "Domain adaptation"): foggy shapes, make demo's recipe for every configuration
 # (the same iterations at the same batch), each scored on the foggy test split.
 DA := runs/demo_da
 DA_DATA := data/shapes_fog
 # 12 epochs, not make demo's 9: at 9 the oracle, trained from scratch on foggy images, is not yet a ceiling.
 DA_TRAIN := $(DEMO_RECIPE) --end_epoch 12 --eval_interval 0
 DA_CLEAN := --dataset_root $(DA_DATA)/clean --target_root $(DA_DATA)/foggy
-# The mean teacher's schedule, scaled to this short run: 2/3 source-only burn-in, an EMA of ~100 steps. The README's
+# The mean teacher's schedule, scaled to this short run: 2/3 source-only burn-in, an EMA of ~100 steps. The DA table's
 # mean teacher rows were measured with pseudo-label threshold 0.8, train.py's default then; one row has today's
 # default, Adaptive Teacher's 0.7.
 DA_MT_SCHEDULE := --burn_in 1000 --ema_decay 0.99
 DA_MT := $(DA_MT_SCHEDULE) --pseudo_threshold 0.8
 # A trained method for demo-da's table beside AdaBN. Empty: AdaBN, applied at evaluation, is the best single method
-# measured (README, "Domain adaptation"), and training one more configuration would take demo-da past 25 minutes.
+# measured (docs/domain_adaptation.md, "Domain adaptation"), and training one more configuration would take demo-da past 25 minutes.
 DA_BEST :=
 DA_BEST_NAME :=
 DA_EVAL := --dataset Shapes --dataset_root $(DA_DATA)/foggy --num_workers 2 --project $(DA)
@@ -69,11 +69,11 @@ demo-da: $(STAMP)
 	$(PY) eval.py --weights $(DA)/source_only1/last.pth --adabn $(DA_DATA)/foggy $(DA_EVAL) --name eval_adabn
 	$(PY) eval.py --weights $(DA)/oracle1/last.pth $(DA_EVAL) --name eval_oracle
 	$(if $(DA_BEST),$(PY) eval.py --weights $(DA)/best_da1/last.pth $(DA_EVAL) --name eval_best_da)
-	$(PY) -m utils.compare "source-only=$(DA)/eval_source_only1" "adabn (at evaluation)=$(DA)/eval_adabn1" \
+	$(PY) -m utils.evaluation.compare "source-only=$(DA)/eval_source_only1" "adabn (at evaluation)=$(DA)/eval_adabn1" \
 		$(if $(DA_BEST),"$(DA_BEST_NAME)=$(DA)/eval_best_da1") "oracle=$(DA)/eval_oracle1" --out $(DA)/table.md
 	@echo "demo-da done: $(DA)/table.md (foggy shapes test split, 300 images)"
 
-# Every trained method with the same budget, after demo-da: the README's whole table. Each checkpoint is also scored
+# Every trained method with the same budget, after demo-da: docs/domain_adaptation.md's whole table. Each checkpoint is also scored
 # after eval.py --adabn. (--da adabn trains the source-only weights and then re-estimates BatchNorm on the target,
 # which eval.py --adabn does to them: demo-da's row, tested equal.)
 define da_run
@@ -89,7 +89,7 @@ demo-da-all: $(STAMP)
 	$(call da_run,swda,--da grl --swda)
 	$(call da_run,grl_mean_teacher,--da grl mean_teacher $(DA_MT))
 	$(call da_run,mean_teacher_t07,--da mean_teacher $(DA_MT_SCHEDULE))
-	$(PY) -m utils.compare "source-only=$(DA)/eval_source_only1" "adabn=$(DA)/eval_adabn1" \
+	$(PY) -m utils.evaluation.compare "source-only=$(DA)/eval_source_only1" "adabn=$(DA)/eval_adabn1" \
 		"grl=$(DA)/eval_grl1" "grl, then eval.py --adabn=$(DA)/eval_grl_adabn1" \
 		"grl --swda=$(DA)/eval_swda1" "grl --swda, then eval.py --adabn=$(DA)/eval_swda_adabn1" \
 		"mean_teacher=$(DA)/eval_mean_teacher1" "mean_teacher, then eval.py --adabn=$(DA)/eval_mean_teacher_adabn1" \
