@@ -20,30 +20,26 @@ import torch
 from data.build import build_dataset
 from layers.detection import SSD_PYTORCH_SETTINGS
 from ssd import SSD
-from utils.adaptation import adapt_batchnorm
 from utils.checkpoint import DetectorInfo, require_classes
-from utils.cli import (
-    POSITIVE_INT,
+from utils.cli import POSITIVE_INT, add_hyphen_aliases, bounded, make_parser, run_cli
+from utils.engine.adaptation import adapt_batchnorm
+from utils.evaluation.evaluate import METRICS, default_metric, evaluate, format_table, format_time, save_outputs
+from utils.evaluation.voc_eval import DEVKIT, SSD_PYTORCH
+from utils.flags import (
     add_dataset_flags,
     add_detect_flags,
     add_device_flags,
-    add_hyphen_aliases,
     add_raw_weights_flags,
     add_run_flags,
     add_weights_flag,
     add_workers_flag,
-    bounded,
     check_size_flag,
     dataset_preset,
     detect_settings,
-    make_parser,
     raw_weights,
-    run_cli,
 )
-from utils.evaluation import METRICS, default_metric, evaluate, format_table, format_time, save_outputs
 from utils.predict import Predictor, load_runner
 from utils.runs import check_writable, increment_run_dir, select_device
-from utils.voc_eval import DEVKIT, SSD_PYTORCH
 
 logger = logging.getLogger(__name__)
 

@@ -20,22 +20,18 @@ from pathlib import Path
 import cv2
 
 from data.build import build_dataset
-from utils.cli import (
-    NON_NEGATIVE_FLOAT,
-    POSITIVE_INT,
+from utils.cli import NON_NEGATIVE_FLOAT, POSITIVE_INT, add_hyphen_aliases, make_parser, run_cli
+from utils.flags import (
     add_dataset_flags,
     add_detect_flags,
     add_device_flags,
-    add_hyphen_aliases,
     add_raw_weights_flags,
     add_run_flags,
     add_weights_flag,
     check_size_flag,
     dataset_preset,
     detect_settings,
-    make_parser,
     raw_weights,
-    run_cli,
 )
 from utils.predict import Predictor, load_runner
 from utils.runs import increment_run_dir, select_device

@@ -9,7 +9,7 @@ Three backbones, each an entry of :data:`BACKBONES` (``ModelConfig.backbone``):
   C4's expansion layer (20x20) and the last layer (10x10), four depthwise-separable extra blocks, depthwise-
   separable heads, BatchNorm and ReLU6 throughout. Module names are torchvision's under other prefixes
   (``base`` for ``backbone.features``, ``extras`` for ``backbone.extra``, ``loc``/``conf`` for the regression and
-  classification heads), which is what lets ``utils.convert_torchvision`` rename keys and nothing else.
+  classification heads), which is what lets ``utils.deploy.convert_torchvision`` rename keys and nothing else.
 * ``resnet50``: SSD300 of NVIDIA's DeepLearningExamples: ResNet-50 up to layer3 with layer3's stride set to 1
   (1024 channels at 38x38), five BatchNorm extra blocks, 3x3 heads.
 
@@ -21,8 +21,10 @@ and NMS live in :class:`layers.detection.Detect` and training targets in :class:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,24 @@ class ModelConfig:
     batch_norm: bool = False
     backbone: str = "vgg16"
     reduced_tail: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-container form for checkpoints (loadable with ``weights_only=True``); the priors as
+        :meth:`PriorConfig.to_dict`."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; fields that older checkpoints lack take their defaults."""
+        return cls(
+            size=int(data["size"]),
+            num_classes=int(data["num_classes"]),
+            priors=PriorConfig.from_dict(data["priors"]),
+            width=float(data.get("width", 1.0)),
+            batch_norm=bool(data.get("batch_norm", False)),
+            backbone=str(data.get("backbone", "vgg16")),
+            reduced_tail=bool(data.get("reduced_tail", False)),
+        )
 
 
 def _channels(channels: int, width: float) -> int:
@@ -189,6 +209,12 @@ class Backbone:
         prior_family: the design's priors (``layers.prior_box.PRIOR_CONFIGS``), or None: the dataset's.
         test_settings: the design's Detect settings.
         batch_norm_option, tail_option: whether ``ModelConfig.batch_norm`` / ``reduced_tail`` apply to it.
+        base_weights: the ImageNet base file as its usual source names it (the ``--basenet`` default).
+        base_weights_source: where that file comes from (the message when it is missing).
+        base_description: what :meth:`base_state` loads (the message when a file does not fit).
+        base_file_key: a state_dict key that only this backbone's ImageNet files have.
+        base_file_kind: what such a file is (the message when it is given for another backbone).
+        pixel_norm: the input normalisation those weights expect (a ``utils.augmentations.PIXEL_NORMS`` name).
     """
 
     name: str
@@ -197,6 +223,28 @@ class Backbone:
     test_settings: DetectSettings = DetectSettings()
     batch_norm_option: bool = False
     tail_option: bool = False
+    base_weights: str
+    base_weights_source: str
+    base_description: str
+    base_file_key: str
+    base_file_kind: str
+    pixel_norm: str = "torchvision"
+
+    def has_batch_norm(self, batch_norm: bool) -> bool:
+        """Whether a network of this backbone with ``ModelConfig.batch_norm == batch_norm`` has BatchNorm layers."""
+        return batch_norm or not self.batch_norm_option
+
+    def reduced_tail(self, from_scratch: bool) -> bool:
+        """``ModelConfig.reduced_tail`` of a new network: the design's rule, given whether it trains from scratch."""
+        return False
+
+    def base_module(self, model: SSD) -> nn.Module:
+        """The part of ``model`` that the ImageNet base file initialises."""
+        return model.base
+
+    def base_state(self, model: SSD, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The ImageNet file's ``state`` with :meth:`base_module`'s keys (parts the SSD does not use dropped)."""
+        raise NotImplementedError
 
     def check_size(self, size: int) -> None:
         """Raise a ValueError unless the design has feature layers for ``size``."""
@@ -236,6 +284,22 @@ class VGG16(Backbone):
     name = "vgg16"
     sizes = tuple(EXTRAS)
     batch_norm_option = True
+    base_weights = "weights/vgg16_reducedfc.pth"
+    base_weights_source = (
+        "put ssd.pytorch's vgg16_reducedfc.pth there (docs/backbones.md, 'Weights'), or convert torchvision's VGG-16 "
+        "with utils/deploy/convert_vgg.py and pass --basenet <file> --pixel_norm torchvision"
+    )
+    base_description = "the VGG-16 base (it needs width 1.0 without batch norm)"
+    base_file_key = "31.weight"
+    base_file_kind = "VGG-16 in reduced-fc form"
+    pixel_norm = "caffe"  # converted Caffe weights: BGR 0-255 minus the mean (104, 117, 123)
+
+    def base_module(self, model: SSD) -> nn.Module:
+        return model.vgg
+
+    def base_state(self, model: SSD, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """VGG-16 in reduced-fc form (``0.weight`` ... ``33.bias``), with or without a ``vgg.`` prefix."""
+        return {k.removeprefix("vgg."): v for k, v in state.items()}
 
     def build(self, model: SSD, config: ModelConfig) -> list[int]:
         vgg, model._source_split = vgg_base(config.width, config.batch_norm)
@@ -295,6 +359,14 @@ class MobileNetV3Large(StagedBackbone):
     sizes = (320,)
     prior_family = "SSDLITE"
     tail_option = True
+    base_weights = "weights/mobilenet_v3_large-8738ca79.pth"
+    base_weights_source = (
+        "put torchvision's ImageNet MobileNetV3-Large weights there (mobilenet_v3_large-8738ca79.pth from "
+        "download.pytorch.org; docs/backbones.md, 'Weights')"
+    )
+    base_description = "the MobileNetV3-Large base (full tail, width 1.0)"
+    base_file_key = "features.16.0.weight"
+    base_file_kind = "torchvision's MobileNetV3-Large"
     # torchvision's SSDLite test settings (ssdlite320_mobilenet_v3_large's defaults).
     test_settings = DetectSettings(conf_thresh=0.001, nms_thresh=0.55, top_k=300, keep_top_k=300)
 
@@ -326,6 +398,31 @@ class MobileNetV3Large(StagedBackbone):
         model.extras = nn.ModuleList(blocks)
         return channels
 
+    def reduced_tail(self, from_scratch: bool) -> bool:
+        """torchvision's rule: ImageNet's MobileNetV3 has the full tail; from scratch, SSDLite takes the reduced one."""
+        return from_scratch
+
+    def base_state(self, model: SSD, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """torchvision's ImageNet ``mobilenet_v3_large`` keys (``features.{i}.*``) in ``model.base``'s cut: stage 0 is
+        ``features[:c5]`` plus C5's expansion layer (``features.{c5}.block.0``), stage 1 the rest of C5's block and
+        the layers after it. The classifier is dropped."""
+        c5 = len(model.base[0]) - 1
+        out: dict[str, Tensor] = {}
+        for key, value in state.items():
+            parts = key.split(".")
+            if parts[0] != "features":
+                continue  # classifier.*: ImageNet's head
+            index, rest = int(parts[1]), parts[2:]
+            if index < c5:
+                out[".".join(["0", str(index), *rest])] = value
+            elif index == c5 and rest[:2] == ["block", "0"]:
+                out[".".join(["0", str(c5), *rest[2:]])] = value
+            elif index == c5:  # block.{j}: the rest of C5's block keeps its indices inside stage 1's first module
+                out[".".join(["1", "0", *rest[1:]])] = value
+            else:
+                out[".".join(["1", str(index - c5), *rest])] = value
+        return out
+
     def head(self, in_channels: int, out_channels: int) -> nn.Module:
         return nn.Sequential(_conv_bn_relu6(in_channels, in_channels, 3, groups=in_channels),
                              nn.Conv2d(in_channels, out_channels, kernel_size=1))  # fmt: skip
@@ -347,6 +444,18 @@ class ResNet50(StagedBackbone):
 
     name = "resnet50"
     sizes = (300,)
+    base_weights = "weights/resnet50-0676ba61.pth"
+    base_weights_source = (
+        "put torchvision's ImageNet ResNet-50 weights there (resnet50-0676ba61.pth from download.pytorch.org; "
+        "docs/backbones.md, 'Weights')"
+    )
+    base_description = "the ResNet-50 base (conv1 to layer3)"
+    base_file_key = "layer1.0.conv1.weight"
+    base_file_kind = "torchvision's ResNet-50"
+
+    def base_state(self, model: SSD, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """torchvision's ``resnet50`` keys up to layer3, in ``model.base``'s one stage (layer4 and fc dropped)."""
+        return {f"0.{k}": v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
 
     def check(self, config: ModelConfig) -> None:
         super().check(config)
@@ -524,32 +633,3 @@ def build_ssd(
     prior_cfg = prior_config(priors, size) if isinstance(priors, str) else priors
     config = ModelConfig(size, num_classes, prior_cfg, width, batch_norm, backbone, reduced_tail)
     return SSD(config)
-
-
-def model_config_to_dict(config: ModelConfig) -> dict:
-    """A plain-container form of ``config`` for checkpoints (loadable with ``weights_only=True``)."""
-    return asdict(config)
-
-
-def model_config_from_dict(data: dict) -> ModelConfig:
-    """Inverse of :func:`model_config_to_dict`; fields that older checkpoints lack take their defaults."""
-    p = data["priors"]
-    priors = PriorConfig(
-        image_size=int(p["image_size"]),
-        feature_maps=tuple(p["feature_maps"]),
-        steps=None if p["steps"] is None else tuple(p["steps"]),
-        min_sizes=tuple(p["min_sizes"]),
-        max_sizes=tuple(p["max_sizes"]),
-        aspect_ratios=tuple(tuple(ratios) for ratios in p["aspect_ratios"]),
-        clip=bool(p.get("clip", True)),
-        clip_centres=bool(p.get("clip_centres", True)),
-    )
-    return ModelConfig(
-        size=int(data["size"]),
-        num_classes=int(data["num_classes"]),
-        priors=priors,
-        width=float(data.get("width", 1.0)),
-        batch_norm=bool(data.get("batch_norm", False)),
-        backbone=str(data.get("backbone", "vgg16")),
-        reduced_tail=bool(data.get("reduced_tail", False)),
-    )

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 train.py --dataset VOC --dataset_root ~/data/VOCdevkit --batch_size 32 --amp
     python train.py --resume auto
     python train.py --dataset Cityscapes --dataset_root data/cityscapes_in_voc \
-        --target_root data/foggy_cityscapes_in_voc --da grl mean_teacher      # domain adaptation (README)
+        --target_root data/foggy_cityscapes_in_voc --da grl mean_teacher      # domain adaptation (docs/domain_adaptation.md)
 
 A run writes ``runs/train/exp<N>/``: ``args.json``, ``last.pth``, ``best.pth`` (by mAP), ``log.txt`` (one JSON
 line per epoch), ``results.csv`` and ``results.png``.
@@ -21,26 +21,24 @@ import torch
 from data.config import DATASETS
 from layers.prior_box import PRIOR_FAMILIES
 from ssd import BACKBONES, SIZES
-from utils.adaptation import DA_METHODS, AdaptationConfig
 from utils.augmentations import CROP_SAMPLERS, PIXEL_NORMS
 from utils.cli import (
     NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
-    add_dataset_flags,
-    add_device_flags,
     add_hyphen_aliases,
-    add_run_flags,
-    add_workers_flag,
     bounded,
     make_parser,
     run_cli,
 )
-from utils.distributed import cleanup, init_distributed
-from utils.evaluation import METRICS
+from utils.engine.adaptation import DA_METHODS, AdaptationConfig
+from utils.engine.distributed import cleanup, init_distributed
+from utils.engine.resume import resolve_resume
+from utils.engine.trainer import NonFiniteLossError, Trainer
+from utils.evaluation.evaluate import METRICS
+from utils.flags import add_dataset_flags, add_device_flags, add_run_flags, add_workers_flag
 from utils.runs import select_device
-from utils.training import NonFiniteLossError, Trainer, resolve_resume
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="random crop: paper (SSD §2.2, Caffe: 7 samplers, one passing patch picked) or ssd_pytorch (6 modes, one drawn at a time)")  # fmt: skip
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=sorted(BACKBONES), default="vgg16",
-                       help="vgg16: SSD300/512; mobilenet_v3_large: SSDLite320; resnet50: NVIDIA's SSD300 (README, 'Backbones')")  # fmt: skip
+                       help="vgg16: SSD300/512; mobilenet_v3_large: SSDLite320; resnet50: NVIDIA's SSD300 (docs/backbones.md, 'Backbones')")  # fmt: skip
     model.add_argument("--size", type=int, default=None, choices=SIZES,
                        help="input size; default the backbone's (vgg16 and resnet50: 300, mobilenet_v3_large: 320)")  # fmt: skip
     model.add_argument("--priors", choices=PRIOR_FAMILIES, default=None,
@@ -67,11 +65,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "weights/mobilenet_v3_large-8738ca79.pth or weights/resnet50-0676ba61.pth (by backbone)")  # fmt: skip
     model.add_argument("--pixel_norm", choices=sorted(PIXEL_NORMS), default=None,
                        help="input normalisation: caffe for vgg16_reducedfc.pth, torchvision for torchvision's weights "
-                            "(utils/convert_vgg.py output, MobileNetV3, ResNet-50); default by backbone")  # fmt: skip
+                            "(utils/deploy/convert_vgg.py output, MobileNetV3, ResNet-50); default by backbone")  # fmt: skip
     model.add_argument("--finetune", default=None,
                        help="detector checkpoint to start from, all but its conf heads; a checkpoint of this project "
                             "(or converted from torchvision) brings its network, preprocessing and test settings")  # fmt: skip
-    adapt = parser.add_argument_group("domain adaptation (README, 'Domain adaptation')")
+    adapt = parser.add_argument_group("domain adaptation (docs/domain_adaptation.md, 'Domain adaptation')")
     adapt.add_argument("--target_root", default=None,
                        help="VOC-format folder of the unlabeled target domain: its trainval images (annotations never "
                             "read) feed --da, and its test split is evaluated beside the source's")  # fmt: skip
@@ -110,7 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="one fused kernel for the whole optimizer step (a GPU lever; the same update up to rounding)")  # fmt: skip
     optim.add_argument("--cuda_graph", action="store_true",
                        help="a GPU lever: record the step once as a CUDA graph and replay it (targets padded, --amp in "
-                            "bfloat16, the optimizer fused; README, 'Training fast on one GPU'); on a CPU the same step runs eagerly")  # fmt: skip
+                            "bfloat16, the optimizer fused; docs/performance.md, 'Training fast on one GPU'); on a CPU the same step runs eagerly")  # fmt: skip
     run = parser.add_argument_group("run")
     add_device_flags(run)
     add_workers_flag(run)

@@ -4,7 +4,7 @@ Detect, the end-to-end graph with NMS inside, and its INT8 version), in one run.
 The baseline is PyTorch + Detect as inference.py runs it. All models are SSD300 with random weights (so every
 pipeline does an untrained model's NMS work: many candidates), or with ``--weights`` a checkpoint of yours; the
 INT8 model is calibrated on ``--calib_images`` random batches (speed only: its accuracy is measured on real data
-with ``python -m utils.export --int8`` and eval.py, see the README).
+with ``python -m utils.deploy.export --int8`` and eval.py, see docs/deploy.md, "Deploy").
 
     python -m benchmarks.bench_deploy --batch 1
     python -m benchmarks.bench_deploy --batch 8 --rounds 3
@@ -23,7 +23,7 @@ from layers.detection import Detect
 from ssd import build_ssd
 from utils.checkpoint import DetectorInfo, load_detector
 from utils.cli import POSITIVE_INT
-from utils.export import ExportSpec, export_onnx, quantize_int8
+from utils.deploy.export import ExportSpec, export_onnx, quantize_int8
 from utils.predict import OnnxRunner
 from utils.runtime import InferenceModel
 

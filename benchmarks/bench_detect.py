@@ -12,7 +12,7 @@ in float32 on all groups at once (each group's boxes shifted by ``group x (max c
 exact for every input; the new Detect may be at most 10% slower than it. Detect is checked to equal the float64
 loop (tests.reference.float64_detect) exactly.
 
-And it times Detect's static path (``layers.detection.static_detect``, Detect's default on a GPU, where it replays
+And it times Detect's static path (``layers.nms.static_detect``, Detect's default on a GPU, where it replays
 a CUDA graph; forced here on a CPU too) against the exact path it falls back to, checks that the two agree bit for
 bit, and reports how many NMS rounds each image needs before the static path settles it.
 
@@ -27,7 +27,8 @@ from torchvision.ops import batched_nms
 
 from benchmarks.common import get_args_parser, measure, report, setup
 from layers.box_utils import decode
-from layers.detection import Detect, Detections, static_detect
+from layers.detection import Detect, Detections
+from layers.nms import static_detect
 from layers.prior_box import prior_boxes, prior_config
 from tests.reference import float64_detect, plain_detect
 

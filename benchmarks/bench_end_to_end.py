@@ -7,7 +7,7 @@ candidates, 200 per image; ssdlite: 0.001, 0.55, 300, 300). This project's pipel
 
 * "SSD + Detect": a model trained here (OpenCV resize, utils.runtime.InferenceModel, Detect with the backbone's
   test settings, which are torchvision's numbers for SSDLite);
-* "converted checkpoint": the same weights as a checkpoint from utils.convert_torchvision (torchvision's resize, the
+* "converted checkpoint": the same weights as a checkpoint from utils.deploy.convert_torchvision (torchvision's resize, the
   network run exactly, boxes clipped and clamped as torchvision does: its detections);
 * "Detect alone" and "torchvision post-processing alone": each side's post-processing on its own network's outputs,
   so that the network and the post-processing can be told apart (torchvision's SSDLite post-processing is slow at
@@ -43,7 +43,7 @@ from layers.detection import Detect
 from ssd import BACKBONES
 from tests.reference import plain_detect
 from utils.augmentations import PIXEL_NORMS
-from utils.convert_torchvision import BUILDER_OF_BACKBONE
+from utils.deploy.convert_torchvision import BUILDER_OF_BACKBONE
 from utils.runtime import InferenceModel
 
 

@@ -175,7 +175,7 @@ def main() -> None:
     if not args.no_onnx and device.type == "cpu":
         try:
             from utils.checkpoint import DetectorInfo
-            from utils.export import export_onnx
+            from utils.deploy.export import export_onnx
             from utils.predict import OnnxRunner
 
             path = Path(tempfile.mkdtemp()) / "ssd.onnx"

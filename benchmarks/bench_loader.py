@@ -23,8 +23,9 @@ from benchmarks.common import get_args_parser, measure, report, setup
 from data.base import detection_collate
 from data.config import VOC_CLASSES
 from data.voc import VOCFormatDataset, write_voc_annotation
-from utils.augmentations import Preprocess, SSDAugmentation
+from utils.augmentations import SSDAugmentation
 from utils.cli import NON_NEGATIVE_INT, POSITIVE_INT
+from utils.transforms import Preprocess
 
 WIDTH, HEIGHT = 500, 375
 
@@ -62,7 +63,9 @@ def loader_pass(loader: DataLoader) -> None:
 def main() -> None:
     parser = get_args_parser("Data loader images/s per worker, VOC-sized JPEGs.", batch=32)
     parser.add_argument("--images", type=POSITIVE_INT, default=256, help="JPEGs in the set (one pass per call)")
-    parser.add_argument("--workers", type=NON_NEGATIVE_INT, nargs="+", default=[0, 1, 2], help="worker counts to measure")
+    parser.add_argument(
+        "--workers", type=NON_NEGATIVE_INT, nargs="+", default=[0, 1, 2], help="worker counts to measure"
+    )
     parser.add_argument("--data", type=Path, default=None, help="folder for the set (default: a temporary one)")
     args = parser.parse_args()
     args.rounds, args.warmup = min(args.rounds, 3), max(args.warmup, 1)  # one pass is seconds long

@@ -12,7 +12,7 @@ for CPU runs.
     python -m benchmarks.bench_train_step --device cuda --batch 64 --amp --levers   # each lever on its own
 
 --levers adds, each with the one before it: bfloat16 instead of float16 (GPU), fused SGD, torch.compile of the
-model, and train.py --cuda_graph's static step (utils/static_step.py: recorded and replayed on a GPU, eager on a
+model, and train.py --cuda_graph's static step (utils/engine/static_step.py: recorded and replayed on a GPU, eager on a
 CPU; its batch is copied from the host at every step, as train.py's loader delivers it).
 """
 
@@ -25,8 +25,8 @@ from benchmarks.common import get_args_parser, measure, report, setup, synchroni
 from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.reference import plain_multibox_loss
+from utils.engine.static_step import StaticTrainStep
 from utils.runtime import mixed_precision_dtype
-from utils.static_step import StaticTrainStep
 
 # Dense (no sparsity) bfloat16 tensor-core peaks of the GPUs this is likely to run on, in TFLOP/s, from NVIDIA's
 # data sheets; the first name that the device's name contains wins.

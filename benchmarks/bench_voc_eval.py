@@ -15,7 +15,7 @@ import numpy as np
 from benchmarks.common import get_args_parser, measure, report, setup
 from tests.reference import loop_voc_eval
 from utils.cli import POSITIVE_INT
-from utils.voc_eval import eval_detection_voc
+from utils.evaluation.voc_eval import eval_detection_voc
 
 
 def synthetic_set(num_images: int, num_classes: int, dets_per_image: int, seed: int = 0):

@@ -52,13 +52,13 @@ def add_backbone_flags(parser: argparse.ArgumentParser) -> None:
 
 def benchmark_models(backbone: str, num_classes: int | None, device: torch.device) -> tuple[SSD, nn.Module | None]:
     """This project's network of ``backbone`` and torchvision's model of the same architecture (None for resnet50),
-    with the same weights: random ones, converted from torchvision's (``utils.convert_torchvision``).
+    with the same weights: random ones, converted from torchvision's (``utils.deploy.convert_torchvision``).
 
     The BatchNorm statistics of the BatchNorm backbones come from one batch of random images: with fresh statistics
     SSDLite's activations sink into denormal numbers, which CPUs compute many times slower than a trained network's.
     """
     from tests.fixtures import calibrate_batch_norm
-    from utils.convert_torchvision import from_torchvision
+    from utils.deploy.convert_torchvision import from_torchvision
 
     num_classes = num_classes or (91 if backbone == "mobilenet_v3_large" else 21)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The GPU session's one script (README, "The GPU session's script"): the figures of the GPU-throughput issue, in its order, as JSON.
+"""The GPU session's one script (docs/performance.md, "The GPU session's script"): the figures of the GPU-throughput issue, in its order, as JSON.
 
 1. the SSD300 training step with AMP, lever by lever (channels_last + batched loss, bfloat16, fused SGD,
    torch.compile, the CUDA-graph static step) and by batch size, then train.py's whole loop (its data loader

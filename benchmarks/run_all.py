@@ -19,7 +19,7 @@ SUITE = [
     ("bench_forward", ["--batch", "8", "--rounds", "3"]),
     ("bench_end_to_end", ["--batch", "1", "--amp"]),
     ("bench_end_to_end", ["--batch", "8", "--rounds", "3"]),
-    # the other backbones (README, "Backbones"): SSDLite320 against torchvision's, ResNet-50 SSD300 against itself
+    # the other backbones (docs/backbones.md, "Backbones"): SSDLite320 against torchvision's, ResNet-50 SSD300 against itself
     ("bench_forward", ["--backbone", "mobilenet_v3_large", "--batch", "1", "--amp"]),
     ("bench_forward", ["--backbone", "mobilenet_v3_large", "--batch", "8", "--rounds", "3"]),
     ("bench_end_to_end", ["--backbone", "mobilenet_v3_large", "--batch", "1"]),

@@ -41,10 +41,10 @@ def iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
 
     Each step broadcasts a column of ``boxes_a`` against a row of ``boxes_b`` into a contiguous [N, M]
     plane, where box_iou works on interleaved [N, M, 2] corners: faster on matching's few truths against
-    thousands of priors (README, "Performance"; tests/test_box_utils.py checks the values).
+    thousands of priors (docs/performance.md, "Performance"; tests/test_box_utils.py checks the values).
 
     The operations are torchvision's CPU NMS kernel's, in its order (``inter / ((area_a + area_b) - inter)``), so in
-    float64 the values are that kernel's to the last bit (``layers.detection.static_detect`` relies on it).
+    float64 the values are that kernel's to the last bit (``layers.nms.static_detect`` relies on it).
 
     Args:
         boxes_a (Tensor[..., N, 4]): xyxy.

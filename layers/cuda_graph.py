@@ -1,6 +1,6 @@
 """Recording a CUDA graph as PyTorch requires it: the one place that does it, for the network
 (``utils.runtime.InferenceModel``), Detect (``layers.detection.Detect``) and the training step
-(``utils.static_step.StaticTrainStep``)."""
+(``utils.engine.static_step.StaticTrainStep``)."""
 
 from __future__ import annotations
 

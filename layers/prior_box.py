@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -63,6 +65,24 @@ class PriorConfig:
     def num_priors(self) -> int:
         """P, the total number of priors."""
         return sum(f * f * n for f, n in zip(self.feature_maps, self.boxes_per_location, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain containers (tuples as lists once JSON-encoded), for checkpoints and exported files."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PriorConfig:
+        """Inverse of :meth:`to_dict`; fields that older checkpoints lack take their defaults."""
+        return cls(
+            image_size=int(data["image_size"]),
+            feature_maps=tuple(data["feature_maps"]),
+            steps=None if data["steps"] is None else tuple(data["steps"]),
+            min_sizes=tuple(data["min_sizes"]),
+            max_sizes=tuple(data["max_sizes"]),
+            aspect_ratios=tuple(tuple(ratios) for ratios in data["aspect_ratios"]),
+            clip=bool(data.get("clip", True)),
+            clip_centres=bool(data.get("clip_centres", True)),
+        )
 
 
 def prior_boxes(config: PriorConfig) -> Tensor:

@@ -23,7 +23,10 @@ from layers.detection import Detect
 from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
 from ssd import build_ssd
 from tests.test_train import args_for, losses, run_main
-from utils.adaptation import (
+from utils.augmentations import SSDAugmentation, TargetViews
+from utils.checkpoint import load_detector, read_checkpoint
+from utils.cli import parse_args, run_cli
+from utils.engine.adaptation import (
     AdaptationConfig,
     DomainAdaptation,
     adapt_batchnorm,
@@ -31,9 +34,6 @@ from utils.adaptation import (
     pseudo_labels,
     recompute_batchnorm,
 )
-from utils.augmentations import SSDAugmentation, TargetViews
-from utils.checkpoint import load_detector, read_checkpoint
-from utils.cli import parse_args, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -333,7 +333,7 @@ def test_da_target_with_other_classes_is_refused(domains: tuple[Path, Path], tmp
 
 def test_train_time_adabn_is_eval_time_adabn_of_the_source_only_run(domains: tuple[Path, Path], tmp_path: Path) -> None:
     """BatchNorm's running statistics take no part in training, so --da adabn trains the source-only weights; its
-    statistics are then those eval.py --adabn gives the source-only checkpoint (README's AdaBN row)."""
+    statistics are then those eval.py --adabn gives the source-only checkpoint (docs/domain_adaptation.md's AdaBN row)."""
     source, target = domains
     assert run_main(da_args(source, target, tmp_path / "plain", "--end_epoch", "1")) == 0
     assert run_main(da_args(source, target, tmp_path / "adabn", "--end_epoch", "1", "--da", "adabn")) == 0
@@ -356,7 +356,7 @@ def test_ctrl_c_in_an_epochs_last_step_resumes_with_its_end(
     does that end first, and matches an uninterrupted run."""
     import signal
 
-    from utils.training import Trainer
+    from utils.engine.trainer import Trainer
 
     source, target = domains
     common = ("--end_epoch", "1", "--da", "adabn")

@@ -12,7 +12,7 @@ import torch
 from ssd import build_ssd
 from tests.reference import random_state, ssd_pytorch_shapes
 from utils.checkpoint import atomic_save, load_base_weights, load_model_weights, read_checkpoint
-from utils.convert_vgg import convert_torchvision_vgg16
+from utils.deploy.convert_vgg import convert_torchvision_vgg16
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,10 +101,10 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
         ValueError, match="evil.pth holds pickled Python objects, which this project never loads"
     ) as info:
         read_checkpoint(path)
-    assert "weights_only" not in str(info.value)  # never torch's advice to load it unsafely (issue 19, case 15)
+    assert "weights_only" not in str(info.value)  # never torch's advice to load it unsafely
 
 
-def test_foreign_files_say_what_they_are(tmp_path: Path) -> None:  # issue 19, case 15
+def test_foreign_files_say_what_they_are(tmp_path: Path) -> None:
     import cv2
     import numpy as np
 
@@ -116,7 +116,7 @@ def test_foreign_files_say_what_they_are(tmp_path: Path) -> None:  # issue 19, c
         read_checkpoint(tmp_path / "photo.png")
 
 
-def test_checkpoints_get_the_mode_of_other_new_files(tmp_path: Path) -> None:  # issue 19, case 21
+def test_checkpoints_get_the_mode_of_other_new_files(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         atomic_save({"w": torch.ones(1)}, tmp_path / "c.pth")
@@ -200,12 +200,12 @@ def test_atomic_save_survives_a_crash(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_convert_cli_reports_a_missing_file_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "utils.convert_vgg", "--input", str(tmp_path / "vgg16.pth"), "--output", str(tmp_path / "o.pth")],
+        [sys.executable, "-m", "utils.deploy.convert_vgg", "--input", str(tmp_path / "vgg16.pth"), "--output", str(tmp_path / "o.pth")],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: weights file {tmp_path / 'vgg16.pth'} does not exist; check the path (see README, 'Weights')"
+        f"error: weights file {tmp_path / 'vgg16.pth'} does not exist; check the path (docs/backbones.md, 'Weights')"
     ]
 
 
@@ -228,13 +228,12 @@ def test_detector_info_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
 
 def test_older_checkpoints_load_with_the_defaults_they_predate(tmp_path: Path, ssd_pytorch_state: OrderedDict) -> None:
     from layers.detection import DetectSettings
-    from ssd import model_config_to_dict
-    from utils.augmentations import Preprocess
     from utils.checkpoint import RawWeights, load_detector
+    from utils.transforms import Preprocess
 
     model = build_ssd(300, 21)
     # This project's format before the Detect settings were stored, as train.py wrote it then.
-    torch.save({"model": dict(ssd_pytorch_state), "model_config": model_config_to_dict(model.config),
+    torch.save({"model": dict(ssd_pytorch_state), "model_config": model.config.to_dict(),
                 "class_names": [f"c{i}" for i in range(20)]}, tmp_path / "old.pth")  # fmt: skip
     loaded, info = load_detector(tmp_path / "old.pth")
     assert info.postprocess == DetectSettings() and info.preprocess == Preprocess()

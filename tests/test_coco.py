@@ -10,7 +10,7 @@ from data.build import build_dataset
 from data.coco import COCODetection
 from data.config import DatasetPreset
 from tests.fixtures import write_coco
-from utils.augmentations import BaseTransform
+from utils.transforms import BaseTransform
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 90, "name": "toothbrush"}]
 IMAGES = [

@@ -25,11 +25,11 @@ from data.build import build_dataset
 from data.config import DatasetPreset, coco_names_by_id
 from ssd import build_ssd
 from tests.fixtures import calibrate_batch_norm, write_coco, write_scenes
-from utils import convert_torchvision
 from utils.checkpoint import DetectorInfo, load_detector, read_checkpoint, save_checkpoint
 from utils.cli import parse_args, run_cli
-from utils.convert_torchvision import DESIGNS, from_torchvision, to_torchvision
-from utils.evaluation import evaluate
+from utils.deploy import convert_torchvision
+from utils.deploy.convert_torchvision import DESIGNS, from_torchvision, to_torchvision
+from utils.evaluation.evaluate import evaluate
 from utils.predict import Predictor, TorchRunner, load_runner, predict_dataset
 
 # A landscape photo size, a portrait one and a square one.
@@ -286,7 +286,7 @@ def test_other_files_are_refused_in_one_line(vgg: nn.Module, tmp_path: Path, cap
 
 def test_a_torchvision_file_given_as_weights_says_to_convert(vgg: nn.Module, tmp_path: Path) -> None:
     torch.save(vgg.state_dict(), tmp_path / "ssd300_vgg16_coco.pth")
-    with pytest.raises(ValueError, match="is a torchvision SSD state_dict; convert it first: python -m utils.convert"):
+    with pytest.raises(ValueError, match="is a torchvision SSD state_dict; convert it first: python -m utils.deploy.convert_torchvision"):
         load_detector(tmp_path / "ssd300_vgg16_coco.pth")
 
 

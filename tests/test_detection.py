@@ -6,8 +6,9 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-import layers.detection
-from layers.detection import Detect, DetectSettings, greedy_fixed_point, nms_within_groups, static_detect
+import layers.nms
+from layers.detection import Detect, DetectSettings
+from layers.nms import greedy_fixed_point, nms_within_groups, static_detect
 from layers.prior_box import prior_boxes, prior_config
 from tests.reference import (
     detections_outside_pairs,
@@ -385,7 +386,7 @@ def test_nms_within_groups_equals_float64_nms_group_by_group(tiny_group: int, mo
     boxes = torch.cat([ordinary[:20], tiny, ordinary[20:]])  # best first
     group = torch.tensor([1 - tiny_group] * 20 + [tiny_group] * 3 + [1 - tiny_group] * 20)
     calls = []
-    monkeypatch.setattr(layers.detection, "nms", lambda *args: calls.append(args) or nms(*args))
+    monkeypatch.setattr(layers.nms, "nms", lambda *args: calls.append(args) or nms(*args))
     kept = sorted(nms_within_groups(boxes, group, 0.45).tolist())
     expected = []
     for label in (0, 1):

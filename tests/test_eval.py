@@ -17,12 +17,12 @@ from data.config import SHAPES_CLASSES
 from data.shapes import generate
 from data.voc import VOCFormatDataset
 from tests.fixtures import oracle_ssd, save_detector, write_coco, write_voc_folder
-from utils.augmentations import BaseTransform
 from utils.checkpoint import DetectorInfo
-from utils.coco_eval import coco_results, eval_coco
-from utils.evaluation import evaluate
+from utils.evaluation.coco_eval import coco_results, eval_coco
+from utils.evaluation.evaluate import evaluate
+from utils.evaluation.voc_eval import SSD_PYTORCH
 from utils.predict import Predictor
-from utils.voc_eval import SSD_PYTORCH
+from utils.transforms import BaseTransform
 
 ROOT = Path(__file__).resolve().parent.parent
 BOX = (0.2, 0.3, 0.6, 0.9)  # what the oracle detects, relative
@@ -57,7 +57,7 @@ def test_evaluate_scores_known_detections(tmp_path: Path) -> None:
     assert result["area_map"] == area["map"] == area["area_map"]
     assert result["area_ap"]["square"] == 1.0 and result["area_ap"]["star"] == 0.0
     assert np.isnan(result["area_ap"]["circle"])
-    # Where the time went (the GPU-throughput issue's eval report): no stage counted twice, so none is negative
+    # Where the time went (eval.py's report of its stages): no stage counted twice, so none is negative
     # ("images" is what predicting took beyond the network and Detect).
     seconds = result["time_s"]
     assert set(seconds) == {"total", "annotations", "images", "network", "detect", "metric"}
@@ -65,7 +65,7 @@ def test_evaluate_scores_known_detections(tmp_path: Path) -> None:
 
 
 def test_compare_tool_tables_eval_runs(tmp_path: Path) -> None:
-    from utils.compare import comparison_table, read_run
+    from utils.evaluation.compare import comparison_table, read_run
 
     for name, (ap_a, ap_b) in {"one": (0.5, 0.25), "two": (1.0, float("nan"))}.items():
         (tmp_path / name).mkdir()
@@ -134,7 +134,7 @@ def test_cli_failures_are_one_line(tmp_path: Path) -> None:
     missing = run_eval("--weights", str(tmp_path / "none.pth"), *common, cwd=tmp_path)
     assert (
         error_line(missing)
-        == f"error: weights file {tmp_path / 'none.pth'} does not exist; check the path (see README, 'Weights')"
+        == f"error: weights file {tmp_path / 'none.pth'} does not exist; check the path (docs/backbones.md, 'Weights')"
     )
     voc_weights = tmp_path / "voc.pth"
     save_detector(oracle_ssd(21, BOX, 2), voc_weights, ["x"] * 20)

@@ -19,7 +19,7 @@ from ssd import SSD, build_ssd
 from tests.fixtures import oracle_ssd, save_detector
 from utils.checkpoint import DetectorInfo, load_detector
 from utils.cli import run_cli
-from utils.export import (
+from utils.deploy.export import (
     ExportSpec,
     check_export,
     compare_detections,
@@ -30,7 +30,7 @@ from utils.export import (
 from utils.predict import OnnxRunner, Predictor, ProgramRunner, TorchRunner, onnx_providers
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULE_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # python -m utils.export from another folder
+MODULE_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # python -m utils.deploy.export from another folder
 SETTINGS = DetectSettings(conf_thresh=0.05, nms_thresh=0.45, top_k=100, keep_top_k=50)
 
 
@@ -191,7 +191,7 @@ def test_every_exported_kind_runs_in_inference(peaked, exported, tmp_path: Path,
 def test_export_cli_checks_and_names_bad_files(tmp_path: Path) -> None:
     weights = tmp_path / "oracle.pth"
     save_detector(oracle_ssd(len(SHAPES_CLASSES) + 1, (0.25, 0.2, 0.75, 0.6), 2), weights, SHAPES_CLASSES)
-    result = subprocess.run([sys.executable, "-m", "utils.export", "--weights", str(weights), "--nms", "--output",
+    result = subprocess.run([sys.executable, "-m", "utils.deploy.export", "--weights", str(weights), "--nms", "--output",
                              str(tmp_path / "m.onnx")], cwd=tmp_path, capture_output=True, text=True, env=MODULE_ENV)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "(ok)" in result.stdout and "0 in one only" in result.stdout
@@ -212,7 +212,7 @@ def test_export_cli_checks_and_names_bad_files(tmp_path: Path) -> None:
         ProgramRunner(tmp_path / "broken.onnx")
     model, info = load_detector(weights)
     with pytest.raises(ValueError, match="--nms is not available for --format torchscript"):
-        from utils.export import export_torchscript
+        from utils.deploy.export import export_torchscript
 
         export_torchscript(model, info, tmp_path / "m.pt", ExportSpec("detections"))
 
@@ -227,7 +227,7 @@ def test_onnx_providers_choose_cuda_only_when_asked_and_available() -> None:
 def test_torchscript_export_still_works(tmp_path: Path) -> None:
     weights = tmp_path / "oracle.pth"
     save_detector(oracle_ssd(len(SHAPES_CLASSES) + 1, (0.25, 0.2, 0.75, 0.6), 2), weights, SHAPES_CLASSES)
-    result = subprocess.run([sys.executable, "-m", "utils.export", "--weights", str(weights), "--format", "torchscript",
+    result = subprocess.run([sys.executable, "-m", "utils.deploy.export", "--weights", str(weights), "--format", "torchscript",
                              "--decoded", "--output", str(tmp_path / "m.pt")], cwd=tmp_path, capture_output=True,
                             text=True, env=MODULE_ENV)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -283,7 +283,7 @@ def test_a_converted_torchvision_ssdlite_exports_end_to_end_with_its_semantics(t
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
     from tests.fixtures import calibrate_batch_norm, write_scenes
-    from utils.convert_torchvision import from_torchvision
+    from utils.deploy.convert_torchvision import from_torchvision
 
     torch.manual_seed(0)
     tv = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)

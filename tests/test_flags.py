@@ -1,4 +1,4 @@
-"""One definition per flag: every script shares the flag groups of utils/cli.py."""
+"""One definition per flag: every script shares the flag groups of utils/flags.py."""
 
 import argparse
 
@@ -8,8 +8,8 @@ import eval as eval_script
 import inference
 import train
 from layers.detection import DetectSettings
-from utils import export
-from utils.cli import detect_settings
+from utils.deploy import export
+from utils.flags import detect_settings
 
 PARSERS = {
     "train": train.get_args_parser(),

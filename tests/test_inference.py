@@ -171,7 +171,7 @@ def test_speed_log_keeps_the_first_batch_of_each_size_apart() -> None:
     )
 
 
-def test_outputs_are_unique_per_input(weights: Path, tmp_path: Path) -> None:  # issue 19, case 2
+def test_outputs_are_unique_per_input(weights: Path, tmp_path: Path) -> None:
     for folder, name, width in (("a", "img.jpg", 100), ("b", "img.jpg", 140), ("a", "x.jpg", 90), ("a", "x.png", 120)):
         (tmp_path / "in" / folder).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(tmp_path / "in" / folder / name), grey(width, 80))
@@ -187,7 +187,7 @@ def test_outputs_are_unique_per_input(weights: Path, tmp_path: Path) -> None:  #
     assert sorted(sources) == sorted(str(tmp_path / "in" / f) for f in ("a/img.jpg", "b/img.jpg", "a/x.jpg", "a/x.png"))
 
 
-def test_interrupted_folder_run_keeps_its_predictions(weights: Path, tmp_path: Path, monkeypatch) -> None:  # case 3
+def test_interrupted_folder_run_keeps_its_predictions(weights: Path, tmp_path: Path, monkeypatch) -> None:
     import inference
     import utils.writers
     from utils.cli import run_cli
@@ -222,7 +222,7 @@ def test_empty_folder_and_no_detection_copies(weights: Path, tmp_path: Path) -> 
     assert (tmp_path / "runs" / "exp1" / "noise.jpg").read_bytes() == (tmp_path / "noise.jpg").read_bytes()
 
 
-def test_labels_are_clipped_to_the_image() -> None:  # case 23
+def test_labels_are_clipped_to_the_image() -> None:
     from utils.writers import Writer
 
     writer = Writer(Path("unused"), ["a"], 0.5, save_txt=False, save_json=False)

@@ -122,8 +122,8 @@ def test_empty_images_count_as_their_negatives_over_three(priors: torch.Tensor, 
 
 
 def test_all_background_batch_is_not_orders_of_magnitude_larger(priors: torch.Tensor) -> None:
-    """The issue's case: two images without objects and random logits gave loss_c ~1233 against ~22 for the
-    same logits with objects. One mined negative weighed 1 there and 1/N in an ordinary batch."""
+    """Two images without objects: their mined negatives are normalised as in an ordinary batch (a count of at
+    least 1), so the loss is not orders of magnitude larger than with objects, where each weighs 1/N."""
     g = torch.Generator().manual_seed(0)
     loc = torch.randn(2, priors.shape[0], 4, generator=g)
     conf = torch.randn(2, priors.shape[0], NUM_CLASSES, generator=g)  # logits of an untrained head
@@ -168,7 +168,7 @@ def test_rejects_mismatched_inputs(priors: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("extra_rows", [0, 7])
 def test_padded_static_loss_equals_the_loss(extra_rows: int) -> None:
-    # The GPU-throughput issue: targets padded to a fixed count, static shapes (for a captured training step).
+    # Targets padded to a fixed count give static shapes (for a recorded training step).
     from layers.box_utils import pad_targets
 
     priors = prior_boxes(prior_config("VOC", 300))

@@ -1,5 +1,5 @@
 """train.py across "machines": two torchrun nodes on localhost meet through the c10d rendezvous (gloo, CPU) and
-train to the same weights as one process with the same global batch (README, "Several machines")."""
+train to the same weights as one process with the same global batch (docs/training.md, "Several machines")."""
 
 import os
 import socket

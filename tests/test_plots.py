@@ -1,4 +1,4 @@
-"""utils/plots.py: figures are written without pyplot or a backend choice, and the PR curves draw the envelope."""
+"""utils/evaluation/plots.py: figures are written without pyplot or a backend choice, and the PR curves draw the envelope."""
 
 import subprocess
 import sys
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.plots import plot_pr_curves, plot_training
-from utils.voc_eval import precision_envelope
+from utils.evaluation.plots import plot_pr_curves, plot_training
+from utils.evaluation.voc_eval import precision_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ def test_import_selects_no_backend() -> None:
     code = (
         "import sys, matplotlib\n"
         "matplotlib.use = lambda *args, **kwargs: sys.exit('matplotlib.use called at import')\n"
-        "import utils.plots, utils.visualization, utils.figures\n"
+        "import utils.evaluation.plots, utils.visualization, utils.figures\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """Priors: counts and rows fixed by the paper/ssd.pytorch and torchvision, and agreement with a plain loop."""
 
 import itertools
+import json
 import math
 
 import pytest
@@ -137,6 +138,25 @@ def test_first_and_last_priors_of_the_torchvision_presets() -> None:
     last_column = 38 * 38 * 4 + 19 * 19 * 6 + 9 * 6  # first prior of the 10x10 map's cell (row 0, column 9)
     assert tv[last_column, 0].item() == pytest.approx(9.5 / 9.375) and coco[last_column, 0].item() == 1.0
     assert (tv != coco).any(dim=1).sum() == 114  # 19 cells on the last row or column, 6 boxes each
+
+
+@pytest.mark.parametrize("key", sorted(PRIOR_CONFIGS))
+def test_prior_config_round_trips_through_its_dict(key: tuple[str, int]) -> None:
+    config = PRIOR_CONFIGS[key]
+    assert PriorConfig.from_dict(config.to_dict()) == config
+    as_json = json.loads(json.dumps(config.to_dict()))  # tuples become lists
+    assert PriorConfig.from_dict(as_json) == config
+
+
+def test_prior_config_dict_keeps_its_field_names_and_defaults() -> None:
+    # Checkpoints store this dict (inside ModelConfig's): the field names are the format.
+    data = prior_config("SSDLITE", 320).to_dict()
+    assert list(data) == [
+        "image_size", "feature_maps", "steps", "min_sizes", "max_sizes", "aspect_ratios", "clip", "clip_centres"
+    ]  # fmt: skip
+    assert data["steps"] is None and data["clip_centres"] is False
+    del data["clip"], data["clip_centres"]  # older checkpoints predate them
+    assert PriorConfig.from_dict(data) == PriorConfig(**{**data, "clip": True, "clip_centres": True})
 
 
 def test_prior_config_rejects_ragged_fields() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from layers.multibox_loss import MultiBoxLoss
 from layers.prior_box import prior_config
-from ssd import SSD, ModelConfig, build_ssd
+from ssd import BACKBONES, SSD, ModelConfig, build_ssd
 from tests.reference import random_state, ssd_pytorch_forward, ssd_pytorch_shapes
 from utils.runtime import InferenceModel
 
@@ -248,14 +248,52 @@ def test_backbone_misconfigurations_are_named(kwargs: dict, message: str) -> Non
         build_ssd(num_classes=3, **kwargs)
 
 
-def test_old_configs_are_vgg16() -> None:
-    from ssd import model_config_from_dict, model_config_to_dict
+def test_model_config_dict_is_the_checkpoint_format() -> None:
+    # Checkpoints store this dict: its keys and values are pinned, tuples included (torch.save keeps them).
+    data = build_ssd(300, 21).config.to_dict()
+    assert data == {
+        "size": 300,
+        "num_classes": 21,
+        "priors": {
+            "image_size": 300,
+            "feature_maps": (38, 19, 10, 5, 3, 1),
+            "steps": (8, 16, 32, 64, 100, 300),
+            "min_sizes": (30, 60, 111, 162, 213, 264),
+            "max_sizes": (60, 111, 162, 213, 264, 315),
+            "aspect_ratios": ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+            "clip": True,
+            "clip_centres": True,
+        },
+        "width": 1.0,
+        "batch_norm": False,
+        "backbone": "vgg16",
+        "reduced_tail": False,
+    }
+    assert list(data) == ["size", "num_classes", "priors", "width", "batch_norm", "backbone", "reduced_tail"]
 
-    data = model_config_to_dict(build_ssd(300, 4, width=0.125).config)
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(300, 21, prior_config("VOC", 300)),
+        ModelConfig(512, 81, prior_config("COCO", 512), width=0.5, batch_norm=True),
+        ModelConfig(320, 91, prior_config("SSDLITE", 320), backbone="mobilenet_v3_large", reduced_tail=True),
+        ModelConfig(300, 9, prior_config("TORCHVISION", 300), backbone="resnet50"),
+    ],
+)
+def test_model_config_round_trips_through_its_dict(config: ModelConfig) -> None:
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    as_lists = {**config.to_dict(), "priors": {k: list(v) if isinstance(v, tuple) else v
+                                               for k, v in config.to_dict()["priors"].items()}}  # fmt: skip
+    assert ModelConfig.from_dict(as_lists) == config  # as JSON gives it back (an exported file's metadata)
+
+
+def test_old_configs_are_vgg16() -> None:
+    data = build_ssd(300, 4, width=0.125).config.to_dict()
     for new_field in ("backbone", "reduced_tail"):
         del data[new_field]
     del data["priors"]["clip_centres"]
-    config = model_config_from_dict(data)
+    config = ModelConfig.from_dict(data)
     assert config.backbone == "vgg16" and not config.reduced_tail and config.priors == prior_config("VOC", 300)
 
 
@@ -281,3 +319,35 @@ def test_other_backbones_train(backbone: str) -> None:
         optimizer.step()
         losses.append((loss_l + loss_c).item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "base_weights", "pixel_norm"),
+    [
+        ("vgg16", "weights/vgg16_reducedfc.pth", "caffe"),
+        ("mobilenet_v3_large", "weights/mobilenet_v3_large-8738ca79.pth", "torchvision"),
+        ("resnet50", "weights/resnet50-0676ba61.pth", "torchvision"),
+    ],
+)
+def test_a_backbone_entry_gives_train_py_its_base_weights_and_their_normalisation(
+    name: str, base_weights: str, pixel_norm: str
+) -> None:
+    import train
+    from utils.augmentations import PIXEL_NORMS
+    from utils.engine.resume import resolve_model_flags
+
+    backbone = BACKBONES[name]
+    assert (backbone.base_weights, backbone.pixel_norm) == (base_weights, pixel_norm)
+    assert backbone.pixel_norm in PIXEL_NORMS
+    args = train.get_args_parser().parse_args(["--backbone", name, "--dataset_root", "unused"])
+    resolve_model_flags(args, frozenset())
+    assert (args.basenet, args.pixel_norm, args.size) == (base_weights, pixel_norm, backbone.sizes[0])
+
+
+def test_each_backbone_has_batch_norm_as_it_builds() -> None:
+    for backbone in BACKBONES.values():
+        for batch_norm in (False, True) if backbone.batch_norm_option else (False,):
+            width = 1.0 if backbone.name == "resnet50" else 0.25  # resnet50 has width 1.0 only
+            model = build_ssd(num_classes=3, width=width, batch_norm=batch_norm, backbone=backbone.name)
+            built = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+            assert backbone.has_batch_norm(batch_norm) == built, (backbone.name, batch_norm)

@@ -1,4 +1,4 @@
-"""utils.static_step: train.py --cuda_graph's static training step, checked on the CPU where it runs eagerly.
+"""utils.engine.static_step: train.py --cuda_graph's static training step, checked on the CPU where it runs eagerly.
 
 A CPU cannot record CUDA graphs; what the recording relies on is checked here: padded targets and the dense
 matching give the eager values, the static step trains as the eager step does, and the warm-up before a capture
@@ -14,7 +14,7 @@ from layers.box_utils import match, pad_targets
 from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.test_train import args_for, losses, run_main, shapes  # noqa: F401 - the shapes fixture
-from utils.static_step import StaticTrainStep, padded_count
+from utils.engine.static_step import StaticTrainStep, padded_count
 
 
 def random_batch(batch_size: int, counts: list[int], seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -149,7 +149,7 @@ def test_train_py_refuses_cuda_graph_with_domain_adaptation(shapes: Path, tmp_pa
 def test_a_resumed_optimizer_keeps_this_runs_implementation_flags(kind: str) -> None:
     # A run saved unfused (on a CPU) and resumed with --cuda_graph on a GPU must stay fused: load_state_dict
     # would otherwise bring back the saved flags, and the recorded step would read its lr on the host.
-    from utils.training import match_optimizer_flags
+    from utils.engine.builders import match_optimizer_flags
 
     model = small_model()
     saved = make_optimizer(model, kind)

@@ -165,11 +165,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(
 def test_one_ctrl_c_mid_epoch_saves_and_the_resumed_log_is_exact(
     shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fidelity issue, item 3, and new-user issue, case 12: a SIGINT during step 2 of 4 stops after that step,
+    # A SIGINT during step 2 of 4 stops after that step,
     # saves, and the resumed epoch logs the mean over all 4 steps, as the uninterrupted run does.
     import signal
 
-    from utils.training import Trainer
+    from utils.engine.trainer import Trainer
 
     four_steps = ("--end_epoch", "1", "--batch_size", "2")
     assert run_main(args_for(shapes, tmp_path / "a", *four_steps)) == 0
@@ -193,7 +193,7 @@ def test_one_ctrl_c_mid_epoch_saves_and_the_resumed_log_is_exact(
 
 
 def test_resume_never_ignores_a_typed_flag(shapes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # Fidelity issue, item 4: --end_epoch trains a finished run longer, and says the run changed; other settings
+    # --end_epoch trains a finished run longer, and says the run changed; other settings
     # are refused in one line.
     assert run_main(args_for(shapes, tmp_path / "runs", "--end_epoch", "1")) == 0
     resume = ["--resume", "auto", "--project", str(tmp_path / "runs"), "--device", "cpu"]
@@ -228,7 +228,7 @@ def test_resume_never_ignores_a_typed_flag(shapes: Path, tmp_path: Path, caplog:
     ],
 )  # fmt: skip
 def test_conflicting_schedule_flags_are_refused(shapes: Path, tmp_path: Path, extra: tuple, message: str) -> None:
-    # New-user issue, case 6; and no empty run folder is left behind (case 20).
+    # Each conflict is refused in one line, and no empty run folder is left behind.
     argv = [a for a in args_for(shapes, tmp_path / "runs") if a not in ("--basenet", "none")]
     with pytest.raises(ValueError, match=message):
         run_main([*argv, *extra])
@@ -236,8 +236,8 @@ def test_conflicting_schedule_flags_are_refused(shapes: Path, tmp_path: Path, ex
 
 
 def test_paper_schedule_has_no_warmup_unless_asked(tmp_path: Path) -> None:
-    # Fidelity issue, item 6.
-    from utils.training import resolve_schedule
+    # The paper's schedule has no warmup; a typed --warmup_epochs adds one.
+    from utils.engine.builders import resolve_schedule
 
     parser = train.get_args_parser()
     paper = resolve_schedule(parser.parse_args(["--schedule", "paper_voc"]), 16551, 517)[1]
@@ -247,7 +247,7 @@ def test_paper_schedule_has_no_warmup_unless_asked(tmp_path: Path) -> None:
     assert resolve_schedule(parser.parse_args([]), 16551, 517)[1].warmup_iters == 517  # cosine: 1 epoch
 
 
-def test_a_failed_start_leaves_no_run_folder(shapes: Path, tmp_path: Path) -> None:  # new-user issue, case 20
+def test_a_failed_start_leaves_no_run_folder(shapes: Path, tmp_path: Path) -> None:
     argv = [a for a in args_for(shapes, tmp_path / "runs") if a not in ("--basenet", "none")]
     with pytest.raises(FileNotFoundError, match="base network"):
         run_main([*argv, "--basenet", str(tmp_path / "missing.pth")])
@@ -354,8 +354,8 @@ def test_backbone_flags_that_cannot_work_are_refused(shapes: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_fused_optimizer_makes_the_same_update(optimizer: str) -> None:
-    # The GPU-throughput issue's fused-optimizer lever, checked on the CPU: the same steps up to float rounding.
-    from utils.training import build_optimizer
+    # --fused_optimizer, checked on the CPU: the same steps up to float rounding.
+    from utils.engine.builders import build_optimizer
 
     parser = train.get_args_parser()
     results = []

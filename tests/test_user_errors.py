@@ -1,5 +1,5 @@
-"""What a new user hits (issue 19): awkward data and wrong flags get one clear line and a non-zero exit, and
-no data is lost. Each test names its case."""
+"""What a new user hits: awkward data and wrong flags get one clear line and a non-zero exit, and
+no data is lost."""
 
 from pathlib import Path
 
@@ -21,7 +21,7 @@ def cli(module, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, st
     return status, capsys.readouterr().err
 
 
-def test_shapes_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path, capsys) -> None:  # case 1
+def test_shapes_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path, capsys) -> None:
     user = tmp_path / "mine"
     (user / "ImageSets" / "Main").mkdir(parents=True)
     (user / "classes.txt").write_text("cat\ndog\n")
@@ -49,22 +49,22 @@ def test_shapes_refuses_a_non_empty_folder_without_overwrite(tmp_path: Path, cap
         ),
         (eval_script, ["--dataset_root", "d", "--top_k", "0"], "argument --top_k/--top-k: 0 is out of range"),
         (inference, ["--batch_size", "-2"], "argument --batch_size/--batch-size: -2 is out of range"),
-        (shapes, ["--size", "100000"], "argument --size: 100000 is out of range: need 158 <= value <= 4096"),  # case 11
-        (shapes, ["--frames", "-3", "--video", "v.mp4"], "argument --frames: -3 is out of range"),  # case 19
+        (shapes, ["--size", "100000"], "argument --size: 100000 is out of range: need 158 <= value <= 4096"),
+        (shapes, ["--frames", "-3", "--video", "v.mp4"], "argument --frames: -3 is out of range"),
         (shapes, ["--train", "x"], "argument --train: 'x' is not an integer"),
     ],
 )
-def test_numeric_flags_are_validated_at_parse_time(module, argv, message, capsys) -> None:  # noqa: ANN001 - case 7
+def test_numeric_flags_are_validated_at_parse_time(module, argv, message, capsys) -> None:  # noqa: ANN001
     status, err = cli(module, argv, capsys)
     assert status == 2 and message in err
 
 
-def test_shapes_with_nothing_to_write_says_so(tmp_path: Path, capsys) -> None:  # case 19
+def test_shapes_with_nothing_to_write_says_so(tmp_path: Path, capsys) -> None:
     status, err = cli(shapes, ["--out", str(tmp_path / "s"), "--train", "0", "--test", "0"], capsys)
     assert status == 2 and "nothing to write" in err
 
 
-def test_the_decoded_image_size_wins_over_the_xml(tmp_path: Path, caplog) -> None:  # case 4
+def test_the_decoded_image_size_wins_over_the_xml(tmp_path: Path, caplog) -> None:
     import logging
 
     import cv2
@@ -99,8 +99,8 @@ def test_the_decoded_image_size_wins_over_the_xml(tmp_path: Path, caplog) -> Non
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        ("circle\nCircle\n", "repeats ['Circle', 'circle'] (names are matched case-insensitively)"),  # case 5
-        ("cat/dog\nbird\n", "class 'cat/dog' contains a path separator"),  # case 16
+        ("circle\nCircle\n", "repeats ['Circle', 'circle'] (names are matched case-insensitively)"),
+        ("cat/dog\nbird\n", "class 'cat/dog' contains a path separator"),
     ],
 )
 def test_class_files_refuse_names_that_would_collide(tmp_path: Path, lines: str, message: str) -> None:
@@ -111,14 +111,14 @@ def test_class_files_refuse_names_that_would_collide(tmp_path: Path, lines: str,
         read_class_names(tmp_path / "classes.txt")
 
 
-def test_a_byte_order_mark_is_not_part_of_the_first_class(tmp_path: Path) -> None:  # case 14
+def test_a_byte_order_mark_is_not_part_of_the_first_class(tmp_path: Path) -> None:
     from data.config import read_class_names
 
     (tmp_path / "classes.txt").write_bytes("circle\nsquare\n".encode("utf-8-sig"))
     assert read_class_names(tmp_path / "classes.txt") == ("circle", "square")
 
 
-def test_split_files_hold_one_id_per_line(tmp_path: Path) -> None:  # case 13
+def test_split_files_hold_one_id_per_line(tmp_path: Path) -> None:
     from data.voc import VOCFormatDataset
     from tests.fixtures import write_voc_folder
 
@@ -153,7 +153,7 @@ def test_project_must_be_a_writable_folder(tmp_path: Path, capsys, monkeypatch) 
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
-def test_device_names_the_accepted_forms(device: str, tmp_path: Path, capsys) -> None:  # case 10
+def test_device_names_the_accepted_forms(device: str, tmp_path: Path, capsys) -> None:
     status, err = cli(
         eval_script, ["--dataset_root", str(tmp_path), "--device", device, "--project", str(tmp_path)], capsys
     )

@@ -14,7 +14,8 @@ from data.voc import VOCDetection, VOCFormatDataset, parse_voc_xml
 from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.fixtures import write_image, write_voc_folder
-from utils.augmentations import BaseTransform, SSDAugmentation
+from utils.augmentations import SSDAugmentation
+from utils.transforms import BaseTransform
 
 
 @pytest.fixture

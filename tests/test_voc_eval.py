@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.reference import loop_voc_eval
-from utils.voc_eval import DEVKIT, SSD_PYTORCH, eval_detection_voc, voc_ap
+from utils.evaluation.voc_eval import DEVKIT, SSD_PYTORCH, eval_detection_voc, voc_ap
 
 
 def hand_worked() -> dict:
@@ -129,7 +129,7 @@ def test_empty_inputs() -> None:
 
 
 def test_stable_rank_equals_a_stable_argsort() -> None:
-    from utils.voc_eval import _stable_rank
+    from utils.evaluation.voc_eval import _stable_rank
 
     rng = np.random.default_rng(0)
     for keys in (rng.integers(0, 5, 1000).astype(float), rng.random(1000), np.zeros(10), np.zeros(0)):

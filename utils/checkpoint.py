@@ -5,9 +5,9 @@ A checkpoint of this project is a dict of tensors and plain containers::
     {"model": state_dict,                      # ssd.pytorch's keys and shapes (or another backbone's)
      "model_config": {...},                    # ssd.ModelConfig: rebuilds the network
      "class_names": [...],                     # foreground classes; the network's class c is class_names[c - 1]
-     "preprocess": {"mean": [...], "std": ...},   # utils.augmentations.Preprocess
+     "preprocess": {"mean": [...], "std": ...},   # utils.transforms.Preprocess
      "postprocess": {"conf_thresh": ..., ...},    # layers.detection.DetectSettings (test-time defaults)
-     ...training state (optimizer, scheduler, epoch, args, rng; see utils.training)}
+     ...training state (optimizer, scheduler, epoch, args, rng; see utils.engine.trainer)}
 
 :class:`DetectorInfo` holds everything but the weights and the training state. A raw ssd.pytorch or fork
 state_dict (also with DataParallel's ``module.`` prefix) describes nothing about itself; :class:`RawWeights`
@@ -22,7 +22,7 @@ import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from data.config import VOC_CLASSES
 from layers.detection import DetectSettings
 from layers.prior_box import prior_config
-from ssd import SSD, ModelConfig, model_config_from_dict, model_config_to_dict
-from utils.augmentations import Preprocess
+from ssd import BACKBONES, SSD, Backbone, ModelConfig
+from utils.transforms import Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist; check the path (see README, 'Weights')")
+        raise FileNotFoundError(f"weights file {path} does not exist; check the path (docs/backbones.md, 'Weights')")
     foreign = _describe_foreign(path)
     if foreign is not None:
         raise ValueError(f"{path} is {foreign}")
@@ -191,7 +191,7 @@ def _check_compatible(model: nn.Module, state: StateDict, source: str | Path, wh
 def _load_state(model: nn.Module, state: StateDict, path: str | Path, skip_conf: bool) -> None:
     if all(key.startswith(("backbone.", "head.")) for key in state):
         raise ValueError(
-            f"{path} is a torchvision SSD state_dict; convert it first: python -m utils.convert_torchvision "
+            f"{path} is a torchvision SSD state_dict; convert it first: python -m utils.deploy.convert_torchvision "
             f"--input {path} --output <checkpoint>"
         )
     if skip_conf:
@@ -256,7 +256,7 @@ class DetectorInfo:
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint entries (plain containers, loadable with ``weights_only=True``)."""
         return {
-            "model_config": model_config_to_dict(self.config),
+            "model_config": self.config.to_dict(),
             "class_names": list(self.class_names),
             "preprocess": self.preprocess.to_dict(),
             "postprocess": self.postprocess.to_dict(),
@@ -264,13 +264,29 @@ class DetectorInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DetectorInfo:
-        """Inverse of :meth:`to_dict`; entries that older checkpoints lack take their defaults."""
+        """Inverse of :meth:`to_dict`; entries that older checkpoints lack take their defaults.
+
+        Raises:
+            ValueError: ``model_config`` or ``class_names`` is missing, an entry cannot be read (the message names
+                it), or the class names do not fit the network.
+        """
         return cls(
-            config=model_config_from_dict(data["model_config"]),
-            class_names=tuple(data["class_names"]),
-            preprocess=Preprocess.from_dict(data.get("preprocess") or {}),
-            postprocess=DetectSettings.from_dict(data.get("postprocess") or {}),
+            config=_read_entry(data, "model_config", ModelConfig.from_dict),
+            class_names=_read_entry(data, "class_names", tuple),
+            preprocess=_read_entry(data, "preprocess", Preprocess.from_dict, optional=True),
+            postprocess=_read_entry(data, "postprocess", DetectSettings.from_dict, optional=True),
         )
+
+
+def _read_entry(data: Mapping[str, Any], key: str, read: Callable[[Any], Any], optional: bool = False) -> Any:
+    """``read(data[key])``, a ValueError naming ``key`` where that fails; an optional entry that is absent or empty
+    reads as ``{}`` (its defaults)."""
+    if key not in data and not optional:
+        raise ValueError(f"entry {key!r} is missing")
+    try:
+        return read(data.get(key) or {}) if optional else read(data[key])
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"entry {key!r} cannot be read ({type(error).__name__}: {error})") from error
 
 
 @dataclass(frozen=True)
@@ -369,40 +385,10 @@ def require_classes(info: DetectorInfo, class_names: Sequence[str], path: str | 
         ) from None
 
 
-# What an ImageNet base-network file is, told by a key only it has, and the --backbone it initialises.
-_BASE_FILE_KINDS = (
-    ("31.weight", "VGG-16 in reduced-fc form", "vgg16"),
-    ("layer1.0.conv1.weight", "torchvision's ResNet-50", "resnet50"),
-    ("features.16.0.weight", "torchvision's MobileNetV3-Large", "mobilenet_v3_large"),
-)
-
-
-def _base_file_kind(state: StateDict) -> tuple[str, str] | None:
-    """(what the file is, the backbone it belongs to) for an ImageNet base file, else None."""
-    bare = {k[len("vgg.") :] if k.startswith("vgg.") else k for k in state}
-    return next(((kind, backbone) for key, kind, backbone in _BASE_FILE_KINDS if key in bare), None)
-
-
-def _mobilenet_base_state(model: SSD, state: StateDict) -> StateDict:
-    """torchvision's ImageNet ``mobilenet_v3_large`` keys (``features.{i}.*``) in ``model.base``'s cut: stage 0 is
-    ``features[:c5]`` plus C5's expansion layer (``features.{c5}.block.0``), stage 1 the rest of C5's block and the
-    layers after it (see :class:`ssd.MobileNetV3Large`). The classifier is dropped."""
-    c5 = len(model.base[0]) - 1
-    out: StateDict = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] != "features":
-            continue  # classifier.*: ImageNet's head
-        index, rest = int(parts[1]), parts[2:]
-        if index < c5:
-            out[".".join(["0", str(index), *rest])] = value
-        elif index == c5 and rest[:2] == ["block", "0"]:
-            out[".".join(["0", str(c5), *rest[2:]])] = value
-        elif index == c5:  # block.{j}: the rest of C5's block keeps its indices inside stage 1's first module
-            out[".".join(["1", "0", *rest[1:]])] = value
-        else:
-            out[".".join(["1", str(index - c5), *rest])] = value
-    return out
+def _base_file_kind(state: StateDict) -> Backbone | None:
+    """The backbone whose ImageNet base file ``state`` is (told by a key only its files have), else None."""
+    bare = {k.removeprefix("vgg.") for k in state}
+    return next((backbone for backbone in BACKBONES.values() if backbone.base_file_key in bare), None)
 
 
 def load_base_weights(model: SSD, path: str | Path) -> None:
@@ -410,7 +396,7 @@ def load_base_weights(model: SSD, path: str | Path) -> None:
 
     * vgg16: VGG-16 in reduced-fc form (``0.weight`` ... ``33.bias``) into ``model.vgg``: ssd.pytorch's
       ``vgg16_reducedfc.pth`` (converted Caffe weights: 0-255 pixels minus the mean (104, 117, 123), the
-      preprocessing of ``BaseTransform``) or the output of ``utils/convert_vgg.py`` (torchvision weights: RGB
+      preprocessing of ``BaseTransform``) or the output of ``utils/deploy/convert_vgg.py`` (torchvision weights: RGB
       scaled to [0, 1], then normalised by ImageNet's mean and std).
     * mobilenet_v3_large: torchvision's ``mobilenet_v3_large-8738ca79.pth`` (or any ``mobilenet_v3_large``
       state_dict of the full tail) into ``model.base``; it needs ``reduced_tail=False`` and width 1.0.
@@ -420,23 +406,14 @@ def load_base_weights(model: SSD, path: str | Path) -> None:
     ``PIXEL_NORMS["torchvision"]``). The classifiers and ResNet's layer4 are not used.
     """
     state = extract_state_dict(read_checkpoint(path), path)
-    kind = _base_file_kind(state)
-    backbone = model.config.backbone
-    if kind is not None and kind[1] != backbone:
+    kind, backbone = _base_file_kind(state), BACKBONES[model.config.backbone]
+    if kind is not None and kind is not backbone:
         raise ValueError(
-            f"{path} holds {kind[0]} weights, the base of --backbone {kind[1]}, but the model's backbone is "
-            f"{backbone}; pass --backbone {kind[1]} or the {backbone} base network's file"
+            f"{path} holds {kind.base_file_kind} weights, the base of --backbone {kind.name}, but the model's "
+            f"backbone is {backbone.name}; pass --backbone {kind.name} or the {backbone.name} base network's file"
         )
-    if backbone == "vgg16":
-        state = {k[len("vgg.") :] if k.startswith("vgg.") else k: v for k, v in state.items()}
-        _check_compatible(model.vgg, state, path, "the VGG-16 base (it needs width 1.0 without batch norm)")
-        model.vgg.load_state_dict(state, strict=True)
-    else:
-        if backbone == "mobilenet_v3_large":
-            state, what = _mobilenet_base_state(model, state), "the MobileNetV3-Large base (full tail, width 1.0)"
-        else:
-            state = {f"0.{k}": v for k, v in state.items() if not k.startswith(("layer4.", "fc."))}
-            what = "the ResNet-50 base (conv1 to layer3)"
-        _check_compatible(model.base, state, path, what)
-        model.base.load_state_dict(state, strict=True)
-    logger.info("loaded the %s base from %s", backbone, path)
+    module = backbone.base_module(model)
+    state = backbone.base_state(model, state)
+    _check_compatible(module, state, path, backbone.base_description)
+    module.load_state_dict(state, strict=True)
+    logger.info("loaded the %s base from %s", backbone.name, path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +33,7 @@ from layers.detection import Detect, Detections, DetectSettings
 from layers.prior_box import prior_boxes
 from ssd import SSD
 from utils.checkpoint import DetectorInfo, RawWeights, load_detector
+from utils.export_metadata import ExportMetadata
 from utils.runtime import InferenceModel
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ PixelDetections = dict[str, np.ndarray]
 
 
 class Runner(Protocol):
-    """Computes the network on a preprocessed batch ``[B, 3, S, S]`` (see :class:`utils.augmentations.BaseTransform`).
+    """Computes the network on a preprocessed batch ``[B, 3, S, S]`` (see :class:`utils.transforms.BaseTransform`).
 
     Attributes:
         info: what the model is (classes, input size, preprocessing, its test-time Detect settings).
@@ -73,7 +74,7 @@ class TorchRunner:
     def __init__(self, model: SSD, info: DetectorInfo, amp: bool = False, cuda_graph: bool = False) -> None:
         self.info = info
         # A checkpoint with torchvision's preprocessing (converted from torchvision) runs the network as torchvision
-        # does, to give its detections to the last bit (utils/convert_torchvision.py).
+        # does, to give its detections to the last bit (utils/deploy/convert_torchvision.py).
         self.network = InferenceModel(model, amp, cuda_graph, exact=info.preprocess.resize == "torchvision")
         self.priors = self.network.priors
         self.device = self.network.device
@@ -91,24 +92,22 @@ def padded_to_detections(num: Tensor, boxes: Tensor, scores: Tensor, labels: Ten
 
 
 class ExportedRunner:
-    """Shared by the runners of exported files: the metadata ``utils.export`` writes, and what they mean."""
+    """Shared by the runners of exported files: what their :class:`ExportMetadata` means for running them."""
 
-    def _read_metadata(self, path: Path, meta: dict[str, str]) -> None:
-        if "model_config" not in meta:
-            raise ValueError(f"{path} lacks this project's metadata; export it with python -m utils.export")
-        outputs = meta.get("outputs", "loc,conf")
-        if outputs not in ("loc,conf", "detections"):
+    def _read_metadata(self, path: Path, entries: Mapping[str, str]) -> None:
+        metadata = ExportMetadata.from_strings(entries, path)
+        if metadata.outputs == "decoded":
             raise ValueError(f"{path} returns decoded boxes (--decoded); export it raw or with --nms for inference.py")
-        self.info = DetectorInfo.from_dict({k: json.loads(meta[k]) for k in meta if k in DetectorInfo.KEYS})
-        self.returns_detections = outputs == "detections"
-        self.input_kind = meta.get("input", "preprocessed")
-        self.static_batch = int(meta.get("static_batch", "0"))  # 0: dynamic
-        self.precision = meta.get("precision", "fp32")
+        self.info = metadata.info
+        self.returns_detections = metadata.outputs == "detections"
+        self.input_kind = metadata.input_kind
+        self.static_batch = metadata.static_batch or 0  # 0: dynamic
+        self.precision = metadata.precision
         self.priors = prior_boxes(self.info.config.priors)
 
 
 class OnnxRunner(ExportedRunner):
-    """An ONNX file exported by ``utils.export`` (raw, end to end, float32/float16/INT8), run by onnxruntime: on
+    """An ONNX file exported by ``utils.deploy.export`` (raw, end to end, float32/float16/INT8), run by onnxruntime: on
     the GPU with the CUDA execution provider when ``device`` is a GPU and onnxruntime-gpu is installed, else on
     the CPU."""
 
@@ -125,7 +124,7 @@ class OnnxRunner(ExportedRunner):
         self.providers = onnx_providers(device or torch.device("cpu"), ort.get_available_providers())
         options = ort.SessionOptions()
         # onnxruntime's idle threads spin by default: beside PyTorch's threads in one process (export checks,
-        # benchmarks) they starve them (a 10 ms PyTorch forward took 1 s on two cores).
+        # benchmarks) they starve them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers)
@@ -157,7 +156,7 @@ def onnx_providers(device: torch.device, available: Sequence[str]) -> list[str]:
 
 
 class ProgramRunner(ExportedRunner):
-    """A ``torch.export`` program (``.pt2``) written by ``utils.export --format torch_export``."""
+    """A ``torch.export`` program (``.pt2``) written by ``utils.deploy.export --format torch_export``."""
 
     def __init__(self, path: str | Path, device: torch.device | None = None) -> None:
         path = Path(path)
@@ -271,7 +270,7 @@ class Predictor:
         if runner.returns_detections and self.settings != runner.info.postprocess:
             raise ValueError(
                 f"this exported graph has its Detect settings built in ({runner.info.postprocess}); export it again "
-                "with the detection flags you want (python -m utils.export --nms --conf_thresh ...)"
+                "with the detection flags you want (python -m utils.deploy.export --nms --conf_thresh ...)"
             )
         self.detect = Detect.from_settings(runner.info.num_classes, self.settings)
         self.transform = runner.info.preprocess.transform(runner.info.config.size)

@@ -31,7 +31,7 @@ class InferenceModel:
     under autocast, float16 on a GPU and bfloat16 on a CPU (fast where the CPU has bfloat16 instructions, such
     as AVX512_BF16 or AMX); the outputs are float32 either way. ``cuda_graph=True`` (on a GPU; ignored on a CPU)
     records the forward once per input shape as a CUDA graph and replays it: at batch 1 a GPU runs SSD300's
-    kernels faster than Python launches them (README, "Performance"). The graph reads ``self.model``'s
+    kernels faster than Python launches them (docs/performance.md, "Performance"). The graph reads ``self.model``'s
     parameters where they lie, so in-place changes to them (``load_state_dict``) are seen.
 
     Args:
@@ -92,7 +92,7 @@ def fold_batch_norm(model: nn.Module) -> int:
 
     ``conv -> bn`` becomes one convolution with weight ``w * gamma / sqrt(var + eps)`` and bias
     ``(b - mean) * gamma / sqrt(var + eps) + beta``, and the BatchNorm an ``nn.Identity``: one pass over the
-    activations fewer (a sixth of SSDLite's forward time on a CPU, README "Backbones"). Pairs are found where the
+    activations fewer (a sixth of SSDLite's forward time on a CPU, docs/backbones.md, "Backbones"). Pairs are found where the
     network runs them in sequence: consecutive entries of an ``nn.Sequential`` or ``nn.ModuleList`` (VGG with
     ``batch_norm``, SSDLite's blocks, ResNet's stem and shortcuts) and the ``conv{i}``/``bn{i}`` attributes of
     torchvision's ResNet blocks.

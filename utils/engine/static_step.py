@@ -1,9 +1,9 @@
 """train.py's step with static shapes, recorded once as a CUDA graph on a GPU and replayed (``--cuda_graph``).
 
-The eager step (``utils.training.Trainer.train_step``) launches each of its hundreds of kernels from Python and
+The eager step (``utils.engine.step.TrainStep``) launches each of its hundreds of kernels from Python and
 waits on the host where MultiBoxLoss selects by data-dependent masks. :class:`StaticTrainStep` pads every batch's
-targets to a fixed count, so that the whole step (forward under autocast, ``MultiBoxLoss.forward_padded``,
-backward, gradient clipping, the optimizer's update) has the same shapes at every iteration and never waits on the
+targets to a fixed count, so that the whole step (``utils.engine.step``'s :func:`batch_losses` with the targets
+padded, then its :func:`apply_update`) has the same shapes at every iteration and never waits on the
 host. On a GPU it records that step as a CUDA graph per (batch shape, padded count) and replays it; elsewhere it
 runs the same step eagerly, which is how the tests check it against the eager step.
 """
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from layers.box_utils import pad_targets
 from layers.cuda_graph import record_graph
 from layers.multibox_loss import MultiBoxLoss
+from utils.engine.step import PaddedTargets, apply_update, batch_losses
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class StaticTrainStep:
     never replace them afterwards. Each param group's learning rate is a one-element GPU tensor inside the graph,
     refreshed from the group's float before each replay, so an lr scheduler works unchanged. The optimizer must
     accept a tensor lr under capture: fused SGD, or AdamW with ``fused=True, capturable=True``
-    (``utils.training.build_optimizer`` builds them so for ``--cuda_graph``).
+    (``utils.engine.builders.build_optimizer`` builds them so for ``--cuda_graph``).
 
     Args:
         model: the detector, in train mode, on its device.
@@ -96,7 +97,8 @@ class StaticTrainStep:
         self.amp_dtype, self.max_grad_norm, self.memory_format = amp_dtype, max_grad_norm, memory_format
         self.device = model.priors.device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # Disabled: it passes the loss and the update through, with no host synchronisation.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
         if self.cuda_graph and not all(group.get("fused") for group in optimizer.param_groups):
             raise ValueError("a recorded training step needs a fused optimizer (fused=True): its learning rate is a "
                              "GPU tensor")  # fmt: skip
@@ -149,19 +151,12 @@ class StaticTrainStep:
         Returns:
             Tensor[2]: ``(loss_l, loss_c)``, detached.
         """
-        self.optimizer.zero_grad(set_to_none=True)  # under capture: backward writes the gradients, never adds
         # No cast cache: cached weight casts must not outlive a capture (PyTorch's CUDA-graph notes on autocast).
         autocast = torch.autocast(self.device.type, self.amp_dtype, self.amp_dtype is not None, cache_enabled=False)
-        with autocast:
-            loc_preds, conf_preds = self.model(images)
-        loss_l, loss_c = self.criterion.forward_padded(
-            loc_preds.float(), conf_preds.float(), self.model.priors, truths, labels, valid
-        )
-        (loss_l + loss_c).backward()
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
-        return torch.stack([loss_l.detach(), loss_c.detach()])
+        targets = PaddedTargets(truths, labels, valid)
+        terms, _, _ = batch_losses(self.model, self.criterion, self.model.priors, images, targets, autocast)
+        apply_update(terms["loss_l"] + terms["loss_c"], self.optimizer, self.scaler, self.max_grad_norm)
+        return torch.stack([terms["loss_l"].detach(), terms["loss_c"].detach()])
 
     def snapshot(self) -> tuple[dict[str, Tensor], dict[Tensor, dict[str, Tensor]]]:
         """Copies of the model's state (parameters and buffers) and of the optimizer's tensors."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from utils.voc_eval import precision_envelope
+from utils.evaluation.voc_eval import precision_envelope
 
 
 def plot_pr_curves(

@@ -32,9 +32,10 @@ from data.unlabeled import UnlabeledImages
 from layers.detection import Detect
 from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
 from layers.multibox_loss import MultiBoxLoss
-from ssd import SSD
+from ssd import BACKBONES, SSD
 from utils.augmentations import TargetViews
 from utils.checkpoint import DetectorInfo
+from utils.engine.step import batch_losses
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Method:
 
     Args:
         name: its ``--da`` value.
-        papers: where it comes from (README, "Domain adaptation", says which defaults follow them).
+        papers: where it comes from (docs/domain_adaptation.md, "Domain adaptation", says which defaults follow them).
         flags: its hyperparameters: train.py flags and :class:`AdaptationConfig` fields of the same names.
         views: the target views (:class:`~utils.augmentations.TargetViews` kinds) its steps read; none when it
             reads target images between epochs only. The student's target input is the last.
@@ -141,9 +142,9 @@ def check_adaptation_flags(args: argparse.Namespace, typed: frozenset[str]) -> N
                                  f"or add {method.name} to --da")  # fmt: skip
     if getattr(args, "swda", False) and "grl_levels" in typed:
         raise ValueError("--swda places its classifiers on conv4_3 and fc7, so --grl_levels would be ignored; drop one")
-    if "adabn" in methods and args.backbone == "vgg16" and not args.batch_norm and not args.finetune:
-        raise ValueError("--da adabn re-estimates BatchNorm statistics, and a vgg16 SSD has BatchNorm only with "
-                         "--batch_norm; add it, or pick another backbone")  # fmt: skip
+    if "adabn" in methods and not BACKBONES[args.backbone].has_batch_norm(args.batch_norm) and not args.finetune:
+        raise ValueError(f"--da adabn re-estimates BatchNorm statistics, and a {args.backbone} SSD has BatchNorm only "
+                         "with --batch_norm; add it, or pick another backbone")  # fmt: skip
 
 
 class AdaptiveSSD(nn.Module):
@@ -227,7 +228,7 @@ class DomainAdaptation:
                     f"--da {name} re-estimates BatchNorm statistics, and this {detector.config.backbone} SSD has no "
                     "BatchNorm; add --batch_norm (vgg16) or pick a backbone with BatchNorm"
                 )
-        self.config = config
+        self.config, self.detector = config, detector
         self.adversarial = AdaptiveSSD(detector, config) if "grl" in config.methods else None
         self.teacher: SSD | None = None
         self.detect = Detect(detector.num_classes, conf_thresh=config.pseudo_threshold, top_k=200, keep_top_k=100)
@@ -236,9 +237,9 @@ class DomainAdaptation:
     def methods(self) -> tuple[str, ...]:
         return self.config.methods
 
-    def network(self, detector: SSD) -> nn.Module:
+    def network(self) -> nn.Module:
         """The module a step runs (and DDP wraps): the detector, with its domain classifiers for ``grl``."""
-        return self.adversarial if self.adversarial is not None else detector
+        return self.adversarial if self.adversarial is not None else self.detector
 
     def parameters(self) -> Iterable[nn.Parameter]:
         """The trained parameters besides the detector's (the domain classifiers)."""
@@ -251,7 +252,6 @@ class DomainAdaptation:
     def losses(
         self,
         net: nn.Module,
-        detector: SSD,
         criterion: MultiBoxLoss,
         images: Tensor,
         targets: list[Tensor],
@@ -259,7 +259,8 @@ class DomainAdaptation:
         iteration: int,
         autocast: torch.autocast,
     ) -> dict[str, Tensor]:
-        """The loss terms of one step.
+        """The loss terms of one step: :func:`utils.engine.step.batch_losses` of the source batch followed by the
+        target batch, plus this method's terms.
 
         Args:
             net: :meth:`network`, possibly DDP-wrapped.
@@ -269,7 +270,7 @@ class DomainAdaptation:
         Returns:
             ``loss_l``, ``loss_c`` (source), and ``loss_domain`` (grl) and ``loss_unsup`` (mean_teacher) when used.
         """
-        batch_size = images.shape[0]
+        detector = self.detector
         memory_format = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
         pseudo: list[Tensor] | None = None
         unsure: Tensor | None = None
@@ -291,20 +292,16 @@ class DomainAdaptation:
             student_images = torch.cat([images, target_views[:, -1]])  # [B + B_t, 3, S, S]; strong views for MT
             if memory_format is not None:
                 student_images = student_images.contiguous(memory_format=memory_format)
-        terms: dict[str, Tensor] = {}
-        with autocast:
-            if self.adversarial is not None:
-                domains = torch.zeros(student_images.shape[0], device=images.device)
-                domains[batch_size:] = 1
-                loc_preds, conf_preds, terms["loss_domain"] = net(student_images, domains)
-            else:
-                loc_preds, conf_preds = net(student_images)
-        loc_preds, conf_preds = loc_preds.float(), conf_preds.float()
-        terms["loss_l"], terms["loss_c"] = criterion(loc_preds[:batch_size], conf_preds[:batch_size],
-                                                     detector.priors, targets)  # fmt: skip
+        forward_kwargs = {}
+        if self.adversarial is not None:
+            domains = torch.zeros(student_images.shape[0], device=images.device)  # [B + B_t]: 0 source, 1 target
+            domains[images.shape[0] :] = 1
+            forward_kwargs["domains"] = domains
+        terms, target_loc, target_conf = batch_losses(net, criterion, detector.priors, student_images, targets,
+                                                      autocast, **forward_kwargs)  # fmt: skip
         if pseudo is not None:
             # Box regression from pseudo-labels is left out: their boxes are the noisiest part (Unbiased Teacher §3.3).
-            _, unsup_c = criterion(loc_preds[batch_size:], conf_preds[batch_size:], detector.priors, pseudo, unsure)
+            _, unsup_c = criterion(target_loc, target_conf, detector.priors, pseudo, unsure)
             terms["loss_unsup"] = self.config.unsup_weight * unsup_c
         elif "mean_teacher" in self.methods:
             terms["loss_unsup"] = torch.zeros((), device=images.device)
@@ -319,10 +316,10 @@ class DomainAdaptation:
         )
         return ("loss_l", "loss_c", *extra)
 
-    def after_step(self, detector: SSD) -> None:
+    def after_step(self) -> None:
         """Move the teacher towards the student (once the teacher exists)."""
         if self.teacher is not None:
-            ema_update(self.teacher, detector, self.config.ema_decay)
+            ema_update(self.teacher, self.detector, self.config.ema_decay)
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps under ``"adaptation"``: the config, the domain classifiers and the teacher."""
@@ -332,12 +329,12 @@ class DomainAdaptation:
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
         }
 
-    def load_state_dict(self, state: dict, detector: SSD) -> None:
-        """Restore :meth:`state_dict`'s classifiers and teacher (the teacher's layout is ``detector``'s)."""
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s classifiers and teacher (the teacher's layout is the detector's)."""
         if self.adversarial is not None and state.get("classifiers") is not None:
             self.adversarial.classifiers.load_state_dict(state["classifiers"])
         if state.get("teacher") is not None:
-            self.teacher = copy.deepcopy(detector).eval().requires_grad_(False)
+            self.teacher = copy.deepcopy(self.detector).eval().requires_grad_(False)
             self.teacher.load_state_dict(state["teacher"])
 
 

@@ -1,19 +1,19 @@
 """Export an SSD for deployment: ONNX (raw network, decoded, or end to end with NMS inside; float32, float16
 or INT8), a ``torch.export`` program (``.pt2``) or TorchScript, each checked against PyTorch.
 
-    python -m utils.export --weights runs/train/exp1/best.pth --format onnx --nms        # end to end
-    python -m utils.export --weights runs/train/exp1/best.pth --format onnx --nms --int8 --calib data/shapes
-    python -m utils.export --weights runs/train/exp1/best.pth --format torch_export
-    python -m utils.export --weights weights/ssd300_mAP_77.43_v2.pth --dataset VOC --format onnx   # raw (loc, conf)
+    python -m utils.deploy.export --weights runs/train/exp1/best.pth --format onnx --nms        # end to end
+    python -m utils.deploy.export --weights runs/train/exp1/best.pth --format onnx --nms --int8 --calib data/shapes
+    python -m utils.deploy.export --weights runs/train/exp1/best.pth --format torch_export
+    python -m utils.deploy.export --weights weights/ssd300_mAP_77.43_v2.pth --dataset VOC --format onnx   # raw (loc, conf)
 
-A graph takes the preprocessed batch ``[B, 3, S, S]`` (see ``BaseTransform``), or with ``--include_preprocess``
+A graph takes the preprocessed batch ``[B, 3, S, S]`` (see :class:`utils.transforms.BaseTransform`), or with ``--include_preprocess``
 uint8 BGR images ``[B, H, W, 3]``. It returns the raw ``(loc [B, P, 4], conf [B, P, C])``; with ``--decoded``
 ``(boxes [B, P, 4] relative xyxy, scores [B, P, C] softmax)``; with ``--nms`` the detections in TensorRT
 EfficientNMS's padded layout: ``num_detections [B]``, ``boxes [B, K, 4]`` (relative xyxy), ``scores [B, K]``,
-``labels [B, K]`` (0-based classes, -1 for padding), ``K = keep_top_k``. The file carries the checkpoint's
-:class:`utils.checkpoint.DetectorInfo` (network config, class names, preprocessing, Detect settings) and what it
-takes and returns as metadata, so ``inference.py --weights <file>`` runs every kind. ONNX needs the optional
-packages onnx, onnxscript and onnxruntime.
+``labels [B, K]`` (0-based classes, -1 for padding), ``K = keep_top_k``. The file carries its
+:class:`utils.export_metadata.ExportMetadata` (the checkpoint's network config, class names, preprocessing and
+Detect settings, and what the graph takes and returns), so ``inference.py --weights <file>`` runs every kind. ONNX
+needs the optional packages onnx, onnxscript and onnxruntime.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,33 +39,25 @@ from data.build import build_dataset
 from layers.box_utils import decode
 from layers.detection import DetectSettings, PaddedDetect
 from ssd import SSD
-from utils.augmentations import Preprocess
 from utils.checkpoint import DetectorInfo, load_detector
-from utils.cli import (
-    POSITIVE_INT,
+from utils.cli import POSITIVE_INT, add_hyphen_aliases, add_verbose_flag, make_parser, run_cli
+from utils.export_metadata import OUTPUT_NAMES, ExportMetadata
+from utils.flags import (
     add_dataset_flags,
     add_detect_flags,
-    add_hyphen_aliases,
     add_raw_weights_flags,
-    add_verbose_flag,
     add_weights_flag,
     dataset_preset,
     detect_settings,
-    make_parser,
     raw_weights,
-    run_cli,
 )
 from utils.predict import PixelDetections, Predictor, TorchRunner, load_runner
+from utils.transforms import Preprocess
 
 logger = logging.getLogger(__name__)
 
 
 OPSET = 18
-OUTPUT_NAMES = {
-    "raw": ("loc", "conf"),
-    "decoded": ("boxes", "scores"),
-    "detections": ("num_detections", "boxes", "scores", "labels"),
-}
 FORMAT_SUFFIXES = {"onnx": ".onnx", "torch_export": ".pt2", "torchscript": ".torchscript.pt"}
 
 
@@ -101,9 +93,9 @@ class ExportSpec:
 class GraphPreprocess(nn.Module):
     """The model's preprocessing in tensor operations, for graphs that take images (uint8 BGR ``[B, H, W, 3]``):
 
-    * ``Preprocess.resize == "opencv"`` (:class:`utils.augmentations.BaseTransform`): bilinear resize to ``size``
+    * ``Preprocess.resize == "opencv"`` (:class:`utils.transforms.BaseTransform`): bilinear resize to ``size``
       (half-pixel centres and rounding, as OpenCV's INTER_LINEAR on uint8), then ``(pixel - mean) / std``;
-    * ``"torchvision"`` (:class:`utils.augmentations.TorchvisionTransform`): ``(pixel - mean) / std`` first, then
+    * ``"torchvision"`` (:class:`utils.transforms.TorchvisionTransform`): ``(pixel - mean) / std`` first, then
       the bilinear resize in float, as torchvision's detection models do.
 
     Returns RGB ``[B, 3, size, size]``.
@@ -170,16 +162,16 @@ class ExportGraph(nn.Module):
         return {"images": dims}
 
 
-def metadata(info: DetectorInfo, spec: ExportSpec) -> dict[str, str]:
-    """The :class:`DetectorInfo` entries as JSON strings (a ``detections`` graph's Detect settings as its
-    ``postprocess``), what the graph takes and what it outputs."""
-    entries = info.to_dict() | {"postprocess": (spec.settings or info.postprocess).to_dict()}  # export-time flags
-    return {key: json.dumps(value) for key, value in entries.items()} | {
-        "static_batch": str(spec.static_batch or 0),
-        "outputs": ",".join(OUTPUT_NAMES[spec.outputs]) if spec.outputs != "detections" else "detections",
-        "input": "uint8_bgr_hwc" if spec.include_preprocess else "preprocessed",
-        "precision": "fp16" if spec.half else "fp32",
-    }
+def metadata(info: DetectorInfo, spec: ExportSpec) -> ExportMetadata:
+    """What a graph of ``spec`` records: ``info`` with the export-time Detect settings as its ``postprocess`` (a
+    ``detections`` graph applies them), what the graph takes, returns and computes in."""
+    return ExportMetadata(
+        replace(info, postprocess=spec.settings or info.postprocess),
+        spec.outputs,
+        "uint8_bgr_hwc" if spec.include_preprocess else "preprocessed",
+        spec.static_batch,
+        "fp16" if spec.half else "fp32",
+    )
 
 
 def _require(module: str):  # noqa: ANN202
@@ -192,7 +184,7 @@ def _require(module: str):  # noqa: ANN202
 
 
 def _onnx_nms(boxes, scores, max_per_class: int, iou_threshold: float, score_threshold: float):  # noqa: ANN001, ANN202
-    """:func:`layers.detection.multiclass_nms` as ONNX's NonMaxSuppression (same semantics: scores strictly
+    """:func:`layers.nms.multiclass_nms` as ONNX's NonMaxSuppression (same semantics: scores strictly
     above the threshold, suppression where IoU exceeds it; ONNX Runtime computes the IoU in float32)."""
     op = importlib.import_module("onnxscript").opset18
     return op.NonMaxSuppression(boxes, scores, op.Constant(value_ints=[max_per_class]),
@@ -239,7 +231,7 @@ def export_onnx(model: SSD, info: DetectorInfo, path: str | Path, spec: ExportSp
         torch.onnx.export(graph, (graph.example(spec.static_batch or 1),), str(path), input_names=["images"],
                           output_names=list(names), dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
     proto = onnx.load(str(path))
-    for key, value in metadata(info, spec).items():
+    for key, value in metadata(info, spec).to_strings().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
@@ -253,7 +245,7 @@ def export_program(model: SSD, info: DetectorInfo, path: str | Path, spec: Expor
     program = torch.export.export(
         graph, (graph.example(spec.static_batch or 2),), dynamic_shapes=graph.dynamic_shapes()
     )
-    torch.export.save(program, str(path), extra_files={"ssd.json": json.dumps(metadata(info, spec))})
+    torch.export.save(program, str(path), extra_files={"ssd.json": json.dumps(metadata(info, spec).to_strings())})
     return path
 
 
@@ -265,7 +257,7 @@ def export_torchscript(model: SSD, info: DetectorInfo, path: str | Path, spec: E
     path = Path(path)
     graph = ExportGraph(model, info, spec).eval()
     traced = torch.jit.trace(graph, graph.example(1))
-    torch.jit.save(traced, str(path), _extra_files=metadata(info, spec))
+    torch.jit.save(traced, str(path), _extra_files=metadata(info, spec).to_strings())
     return path
 
 
@@ -283,9 +275,9 @@ class CalibrationImages:
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Iterator[np.ndarray]) -> Path:
     """Static INT8 quantization with onnxruntime (QDQ, per-channel weights) of the convolutions of an exported
     graph, calibrated on ``calibration`` (inputs as the graph takes them, one image each). Activation ranges are
-    the 99.999th percentiles (onnxruntime's Percentile calibration): on the demo model min-max ranges cost 0.0115
-    VOC07 mAP, percentiles none (README, "Deploy"). Post-processing (decode, softmax, NMS) stays in float32. The
-    metadata are kept; ``precision`` becomes ``int8``."""
+    the 99.999th percentiles (onnxruntime's Percentile calibration), which cost less accuracy than min-max ranges
+    (docs/deploy.md, "Deploy", has the figures). Post-processing (decode, softmax, NMS) stays in float32. The metadata
+    are kept; ``precision`` becomes ``int8``."""
     quantization = _require("onnxruntime.quantization")
     onnx = _require("onnx")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
@@ -297,10 +289,11 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
             per_channel=True, op_types_to_quantize=["Conv"], activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8, calibrate_method=quantization.CalibrationMethod.Percentile,
         )  # fmt: skip
-    meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props} | {"precision": "int8"}
+    fp32_meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    int8_meta = replace(ExportMetadata.from_strings(fp32_meta, fp32_path), precision="int8")
     proto = onnx.load(str(int8_path))
     del proto.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in int8_meta.to_strings().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(int8_path))

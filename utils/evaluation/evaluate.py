@@ -13,9 +13,9 @@ import numpy as np
 
 from data.base import DetectionDataset
 from utils.checkpoint import class_mapping
-from utils.plots import plot_pr_curves
+from utils.evaluation.plots import plot_pr_curves
+from utils.evaluation.voc_eval import DEVKIT, IoUConvention, eval_detection_voc, voc_ap
 from utils.predict import PixelDetections, Predictor, predict_dataset
-from utils.voc_eval import DEVKIT, IoUConvention, eval_detection_voc, voc_ap
 
 METRICS = ("voc07", "voc12", "coco")
 
@@ -67,7 +67,7 @@ def evaluate(
                     "num_detections": int(sum(len(d["scores"]) for d in detections))}  # fmt: skip
     if metric == "coco":
         from data.coco import COCODetection
-        from utils.coco_eval import coco_results, eval_coco
+        from utils.evaluation.coco_eval import coco_results, eval_coco
 
         if not isinstance(dataset, COCODetection):
             raise ValueError("--metric coco needs a COCO dataset (instances JSON); use voc07/voc12 for VOC-format data")

@@ -1,9 +1,9 @@
 """torchvision's SSD checkpoints as checkpoints of this project, and back.
 
-    python -m utils.convert_torchvision --input ssd300_vgg16_coco-b556d3b4.pth --output weights/ssd300_vgg16_coco.pth
-    python -m utils.convert_torchvision --input ssdlite320_mobilenet_v3_large_coco-a79551df.pth \\
+    python -m utils.deploy.convert_torchvision --input ssd300_vgg16_coco-b556d3b4.pth --output weights/ssd300_vgg16_coco.pth
+    python -m utils.deploy.convert_torchvision --input ssdlite320_mobilenet_v3_large_coco-a79551df.pth \\
         --output weights/ssdlite320_mobilenet_v3_large_coco.pth
-    python -m utils.convert_torchvision --to torchvision --input runs/train/exp1/best.pth --output ssd_tv.pth
+    python -m utils.deploy.convert_torchvision --to torchvision --input runs/train/exp1/best.pth --output ssd_tv.pth
 
 torchvision -> this project. The architecture is recognised from the state_dict's keys and shapes (never from the
 file name): ``ssd300_vgg16``, or ``ssdlite320_mobilenet_v3_large`` with the reduced tail of torchvision's COCO
@@ -42,7 +42,6 @@ from data.config import coco_names_by_id, read_class_names
 from layers.detection import DetectSettings
 from layers.prior_box import PriorConfig, prior_config
 from ssd import BACKBONES, SSD, ModelConfig
-from utils.augmentations import Preprocess
 from utils.checkpoint import (
     DetectorInfo,
     StateDict,
@@ -53,6 +52,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.cli import add_verbose_flag, make_parser, run_cli
+from utils.transforms import Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def recognise(state: StateDict, source: str | Path = "<state_dict>") -> tuple[To
         num_classes, remainder = divmod(shapes[design.class_key][0], boxes)
         if remainder or num_classes < 2:
             continue
-        for reduced_tail in (True, False) if design.backbone == "mobilenet_v3_large" else (False,):
+        for reduced_tail in (True, False) if BACKBONES[design.backbone].tail_option else (False,):
             config = design.config(num_classes, reduced_tail)
             if {key: shape for key, (shape, _) in _layout(config).items()} == shapes:
                 return design, config

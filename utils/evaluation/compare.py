@@ -1,6 +1,6 @@
 """One table of several eval.py runs: per-class AP, mAP and, for VOC metrics, the area mAP beside it.
 
-    python -m utils.compare source-only=runs/demo_da/eval1 oracle=runs/demo_da/eval2 --out runs/demo_da/table.md
+    python -m utils.evaluation.compare source-only=runs/demo_da/eval1 oracle=runs/demo_da/eval2 --out runs/demo_da/table.md
 
 Each run is ``NAME=FOLDER``, the folder holding eval.py's ``ap.json``. The table is Markdown, printed and, with
 ``--out``, written to a file.

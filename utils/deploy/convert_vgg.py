@@ -9,7 +9,7 @@ by std (0.229, 0.224, 0.225)), not the Caffe mean subtraction that ssd.pytorch's
 expects.
 
 Usage:
-    python -m utils.convert_vgg --input vgg16-397923af.pth --output weights/vgg16_reducedfc_torchvision.pth
+    python -m utils.deploy.convert_vgg --input vgg16-397923af.pth --output weights/vgg16_reducedfc_torchvision.pth
 (torchvision's file: https://download.pytorch.org/models/vgg16-397923af.pth, or
 ``torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict()`` saved with torch.save.)
 """
