@@ -15,6 +15,7 @@ from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.test_train import args_for, losses, run_main, shapes  # noqa: F401 - the shapes fixture
 from utils.engine.static_step import StaticTrainStep, padded_count
+from utils.engine.step import TrainStep
 
 
 def random_batch(batch_size: int, counts: list[int], seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -72,16 +73,10 @@ def test_static_step_trains_as_the_eager_step(kind: str, max_grad_norm: float) -
     eager_model, static_model = small_model(), small_model()
     criterion = MultiBoxLoss(4)
 
-    eager_optimizer = make_optimizer(eager_model, kind)
-    eager_losses = []
-    for images, targets in batches:  # Trainer.train_step's eager order, written out
-        loss_l, loss_c = criterion(*eager_model(images), eager_model.priors, targets)
-        eager_losses.append(torch.stack([loss_l, loss_c]).detach())
-        eager_optimizer.zero_grad(set_to_none=True)
-        (loss_l + loss_c).backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(list(eager_model.parameters()), max_grad_norm)
-        eager_optimizer.step()
+    eager = TrainStep(eager_model, criterion, eager_model, None, make_optimizer(eager_model, kind),
+                      torch.amp.GradScaler("cpu", enabled=False), max_grad_norm, None, torch.device("cpu"),
+                      torch.preserve_format, reduce=lambda terms: terms, world_size=1)  # fmt: skip
+    eager_losses = [eager(images, targets, None, i, lambda terms: None) for i, (images, targets) in enumerate(batches)]
 
     step = StaticTrainStep(static_model, criterion, make_optimizer(static_model, kind), max_grad_norm=max_grad_norm)
     assert not step.cuda_graph  # a CPU runs the step eagerly

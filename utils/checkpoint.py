@@ -392,19 +392,10 @@ def _base_file_kind(state: StateDict) -> Backbone | None:
 
 
 def load_base_weights(model: SSD, path: str | Path) -> None:
-    """Load ImageNet weights of the model's base network, as a file of its usual source holds them.
-
-    * vgg16: VGG-16 in reduced-fc form (``0.weight`` ... ``33.bias``) into ``model.vgg``: ssd.pytorch's
-      ``vgg16_reducedfc.pth`` (converted Caffe weights: 0-255 pixels minus the mean (104, 117, 123), the
-      preprocessing of ``BaseTransform``) or the output of ``utils/deploy/convert_vgg.py`` (torchvision weights: RGB
-      scaled to [0, 1], then normalised by ImageNet's mean and std).
-    * mobilenet_v3_large: torchvision's ``mobilenet_v3_large-8738ca79.pth`` (or any ``mobilenet_v3_large``
-      state_dict of the full tail) into ``model.base``; it needs ``reduced_tail=False`` and width 1.0.
-    * resnet50: torchvision's ``resnet50-0676ba61.pth`` (or ``-19c8e357``) up to layer3 into ``model.base``.
-
-    torchvision's ImageNet weights expect its preprocessing (RGB in [0, 1], ImageNet mean and std:
-    ``PIXEL_NORMS["torchvision"]``). The classifiers and ResNet's layer4 are not used.
-    """
+    """Load ImageNet weights of the model's base network, as a file of its usual source holds them: each
+    backbone's entry (``ssd.BACKBONES``) says which file that is, which part of the SSD it initialises and how its
+    keys map (``Backbone.base_state``), and the pixel normalisation those weights expect (``Backbone.pixel_norm``).
+    A file that belongs to another backbone is refused, naming both."""
     state = extract_state_dict(read_checkpoint(path), path)
     kind, backbone = _base_file_kind(state), BACKBONES[model.config.backbone]
     if kind is not None and kind is not backbone:

@@ -42,8 +42,9 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed blocks of up to 1 GiB for reuse instead of returning them to the OS.
 
     PyTorch's CPU tensors come from malloc. By default glibc gives large blocks back to the OS when they are
-    freed and maps fresh, zero-filled pages for the next ones, so every SSD300 forward page-faults thousands of
-    times for its activations (docs/performance.md, "Performance"). The cost is that the process keeps its peak memory. Returns whether the settings took (glibc only).
+    freed and maps fresh, zero-filled pages for the next ones, so every SSD300 forward page-faults on its
+    activations again (what that costs: docs/performance.md, "Performance"). The price is that the process keeps
+    its peak memory. Returns whether the settings took (glibc only).
     """
     if not sys.platform.startswith("linux"):
         return False

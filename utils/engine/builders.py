@@ -40,7 +40,7 @@ def build_model(args: argparse.Namespace, preset: DatasetPreset) -> tuple[SSD, D
     With ``--finetune``, all but the checkpoint's conf heads, and the checkpoint's network, pixel normalisation and
     Detect settings when it describes them (a converted torchvision model keeps torchvision's); its test images are
     then resized as training resizes them (OpenCV), since the fine-tuned network is no longer torchvision's. Else
-    the network of the flags (:func:`resolve_model_flags`), initialised from ``--basenet`` (``none``: from
+    the network of the flags (:func:`utils.engine.resume.resolve_model_flags`), initialised from ``--basenet`` (``none``: from
     scratch), with the backbone's test settings.
     """
     if args.finetune:

@@ -30,27 +30,25 @@ logger = logging.getLogger(__name__)
 # On --resume every argument comes from the checkpoint, except these: per-invocation ones, always from the
 # command line, and operational ones, from the command line when given there.
 PER_INVOCATION_ARGS = ("resume", "epochs_per_run")
-
-
 OPERATIONAL_ARGS = ("device", "num_workers", "verbose")
 
 
 # Arguments added since checkpoints were first written, with the value those checkpoints trained with where it
 # is not the new default: an older run resumes as it started.
 FORMER_DEFAULTS = {"crop_samplers": "ssd_pytorch"}
-
-
 # The flags that describe the network; fine-tuning takes them from a checkpoint that describes itself.
 ARCHITECTURE_FLAGS = ("backbone", "size", "priors", "width", "batch_norm")
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global generators (the model's initialisation draws from them)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def rng_states() -> dict:
+    """The global generators' states, as a checkpoint keeps them (tensors, not NumPy arrays, for weights_only)."""
     numpy_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -61,6 +59,7 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(states: dict) -> None:
+    """Put back :func:`rng_states`' states, so that a resumed run draws what the uninterrupted one would."""
     random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in states["python"]))
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))

@@ -11,6 +11,7 @@ runs the same step eagerly, which is how the tests check it against the eager st
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,16 +109,34 @@ class StaticTrainStep:
         self._pool: Any = None  # the graphs share one memory pool: they never run at the same time
         self._lrs: list[Tensor] = []
 
-    def __call__(self, images: Tensor, targets: list[Tensor]) -> Tensor:
-        """Train on one batch.
+    def __call__(
+        self,
+        images: Tensor,
+        targets: list[Tensor],
+        target_views: None = None,
+        iteration: int = 0,
+        check: Callable[[Tensor], None] | None = None,
+    ) -> Tensor:
+        """Train on one batch; the eager step's (``utils.engine.step.TrainStep``) signature.
 
         Args:
             images (Tensor[B, 3, S, S]): the augmented batch, on any device.
             targets: B tensors [N_i, 5] of ``(xmin, ymin, xmax, ymax, label)``, on any device.
+            target_views: None: domain adaptation has no static step.
+            iteration: unused (the eager step's domain adaptation reads it).
+            check: raises on non-finite terms; called after the update, which a recorded step cannot skip.
 
         Returns:
             Tensor[2]: ``(loss_l, loss_c)`` of the batch, before the update, detached.
         """
+        if target_views is not None:
+            raise ValueError("a static training step has no domain adaptation (target_views must be None)")
+        terms = self._train(images, targets)
+        if check is not None:
+            check(terms)
+        return terms
+
+    def _train(self, images: Tensor, targets: list[Tensor]) -> Tensor:
         size = padded_count(max((int(t.shape[0]) for t in targets), default=0))
         truths, labels, valid = pad_targets([t.float().cpu() for t in targets], size)  # one copy each to the device
         if not self.cuda_graph:

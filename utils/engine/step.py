@@ -114,7 +114,7 @@ class TrainStep:
     Args:
         net: the detector, or the module around it that ``adaptation`` trains, possibly DDP-wrapped.
         criterion: the loss.
-        priors (Tensor[P, 4]): cxcywh, the detector's.
+        detector: the SSD (its ``priors``, Tensor[P, 4] cxcywh, are read at every step).
         adaptation: the domain adaptation method, or None for the supervised step.
         optimizer, scaler, max_grad_norm: the update's (:func:`apply_update`).
         amp_dtype: autocast dtype, or None for float32.
@@ -128,7 +128,7 @@ class TrainStep:
         self,
         net: nn.Module,
         criterion: MultiBoxLoss,
-        priors: Tensor,
+        detector: nn.Module,
         adaptation: Adaptation | None,
         optimizer: torch.optim.Optimizer,
         scaler: torch.amp.GradScaler,
@@ -139,7 +139,7 @@ class TrainStep:
         reduce: Callable[[Tensor], Tensor],
         world_size: int,
     ) -> None:
-        self.net, self.criterion, self.priors, self.adaptation = net, criterion, priors, adaptation
+        self.net, self.criterion, self.detector, self.adaptation = net, criterion, detector, adaptation
         self.optimizer, self.scaler, self.max_grad_norm = optimizer, scaler, max_grad_norm
         self.amp_dtype, self.device, self.memory_format = amp_dtype, device, memory_format
         self.reduce, self.world_size = reduce, world_size
@@ -156,7 +156,8 @@ class TrainStep:
         ``adaptation`` adds), detached.
 
         Args:
-            images (Tensor[B, 3, S, S]), targets: the labeled batch, on any device.
+            images (Tensor[B, 3, S, S]): the labeled batch, on any device.
+            targets: B tensors [N_i, 5] of ``(xmin, ymin, xmax, ymax, label)``, xyxy in [0, 1], on any device.
             target_views (Tensor[B_t, V, 3, S, S] | None): unlabeled target images, with domain adaptation.
             iteration: the step's number in the run.
             check: raises on non-finite terms, before the update.
@@ -165,7 +166,7 @@ class TrainStep:
         targets = [t.to(self.device, non_blocking=True) for t in targets]
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         if self.adaptation is None:
-            terms = batch_losses(self.net, self.criterion, self.priors, images, targets, autocast)[0]
+            terms = batch_losses(self.net, self.criterion, self.detector.priors, images, targets, autocast)[0]
         else:
             terms = self.adaptation.losses(self.net, self.criterion, images, targets, target_views, iteration, autocast)
         parts = list(terms.values())

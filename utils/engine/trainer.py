@@ -1,5 +1,8 @@
-"""The training loop of train.py: one run's state (data, model, optimizer, schedule, DDP), its epochs, its
-exact resume, and its logs. train.py parses flags and calls :class:`Trainer`; tests import it directly."""
+"""The training loop of train.py: one run's state (data, model, optimizer, schedule, DDP) and its epochs.
+
+What it wires together has homes of its own: the arguments and ``--resume`` (:mod:`utils.engine.resume`), the
+builders (:mod:`utils.engine.builders`), the step (:mod:`utils.engine.step`), the run's files
+(:mod:`utils.engine.run_log`). train.py parses flags and calls :class:`Trainer`; tests import it directly."""
 
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ class Trainer:
     """Holds what one training run owns and runs it epoch by epoch.
 
     Args:
-        args: train.py's arguments, already resolved by :func:`resolve_resume`.
+        args: train.py's arguments, already resolved by :func:`utils.engine.resume.resolve_resume`.
         checkpoint: the checkpoint to resume from, or None for a new run.
         resume_path: its path (the run folder is its folder).
     """
@@ -124,13 +127,14 @@ class Trainer:
         self.net = DistributedDataParallel(network, **ddp_args) if dist.enabled else network
         normalizer = (lambda n: all_reduce_sum(n).clamp(min=1) / dist.world_size) if dist.enabled else None
         criterion = MultiBoxLoss(self.preset.num_classes, normalizer=normalizer)
-        self.static_step = None
-        if graphed:
-            self.static_step = StaticTrainStep(self.model, criterion, self.optimizer, self.amp_dtype,
-                                               args.max_grad_norm, self.memory_format)  # fmt: skip
-        self.step = TrainStep(self.net, criterion, self.model.priors, self.adaptation, self.optimizer, self.scaler,
-                              args.max_grad_norm, self.amp_dtype, device, self.memory_format, all_reduce_sum,
-                              dist.world_size)  # fmt: skip
+        self.step: TrainStep | StaticTrainStep
+        if graphed:  # the update is applied before the loss is checked
+            self.step = StaticTrainStep(self.model, criterion, self.optimizer, self.amp_dtype, args.max_grad_norm,
+                                        self.memory_format)  # fmt: skip
+        else:
+            self.step = TrainStep(self.net, criterion, self.model, self.adaptation, self.optimizer, self.scaler,
+                                  args.max_grad_norm, self.amp_dtype, device, self.memory_format, all_reduce_sum,
+                                  dist.world_size)  # fmt: skip
         evaluates = dist.is_main and args.eval_interval > 0
         self.test_dataset = self.build_test_dataset(self.preset, args.dataset_root) if evaluates else None
         self.target_test_dataset = None
@@ -202,11 +206,7 @@ class Trainer:
         Args:
             target_views (Tensor[B, V, 3, S, S] | None): unlabeled target images, with domain adaptation.
         """
-        if self.static_step is not None:  # --cuda_graph: the update is applied before the loss is checked
-            terms = self.static_step(images, targets)
-            self.check_finite(terms)
-        else:
-            terms = self.step(images, targets, target_views, self.iteration, self.check_finite)
+        terms = self.step(images, targets, target_views, self.iteration, self.check_finite)
         self.scheduler.step()
         return terms
 
