@@ -33,8 +33,9 @@ from utils.cli import (
     run_cli,
 )
 from utils.engine.adaptation import DA_METHODS, AdaptationConfig
+from utils.engine.config import TrainConfig
 from utils.engine.distributed import cleanup, init_distributed
-from utils.engine.resume import resolve_resume
+from utils.engine.resume import resolve_run
 from utils.engine.trainer import NonFiniteLossError, Trainer
 from utils.evaluation.evaluate import METRICS
 from utils.flags import add_dataset_flags, add_device_flags, add_run_flags, add_workers_flag
@@ -143,8 +144,10 @@ def main(args: argparse.Namespace) -> int:
     if not dist.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        args, checkpoint, resume_path = resolve_resume(args, vars(get_args_parser().parse_args([])))
-        return Trainer(args, device, dist, checkpoint, resume_path).fit()
+        defaults = TrainConfig.from_dict(vars(get_args_parser().parse_args([])))
+        settings, checkpoint, resume_path = resolve_run(TrainConfig.from_dict(vars(args)), args.typed_flags, defaults,
+                                                        device, dist)  # fmt: skip
+        return Trainer(settings, device, dist, checkpoint, resume_path).fit()
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ from utils.engine.adaptation import (
     pseudo_labels,
     recompute_batchnorm,
 )
+from utils.engine.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,7 +149,8 @@ def test_grl_compares_domains_through_the_same_augmentation() -> None:
 
 def test_train_py_defaults_are_the_configs() -> None:
     # one owner for each default: train.py's flags take AdaptationConfig's (Adaptive Teacher's threshold 0.7, ...)
-    assert AdaptationConfig.from_args(train.get_args_parser().parse_args([])) == AdaptationConfig()
+    settings = TrainConfig.from_dict(vars(train.get_args_parser().parse_args([])))
+    assert AdaptationConfig.from_settings(settings) == AdaptationConfig()
     assert AdaptationConfig().pseudo_threshold == 0.7 and AdaptationConfig().grl_weight == 0.1
 
 

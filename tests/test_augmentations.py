@@ -2,7 +2,6 @@
 samplers against Caffe SSD's loop, and equality with a straightforward implementation that builds the whole
 expand canvas."""
 
-import argparse
 import math
 
 import cv2
@@ -187,17 +186,21 @@ def test_old_checkpoints_resume_with_ssd_pytorch_crops(tmp_path) -> None:
     """A checkpoint written before --crop_samplers existed trained with ssd.pytorch's samplers; new runs
     default to the paper's."""
     import train
-    from utils.engine.resume import resolve_resume
+    from utils.engine.config import TrainConfig
+    from utils.engine.distributed import DistInfo
+    from utils.engine.resume import resolve_run
 
     parser = train.get_args_parser()
     defaults = vars(parser.parse_args([]))
     assert defaults["crop_samplers"] == "paper"
-    old_args = {k: v for k, v in defaults.items() if k != "crop_samplers"}
+    old_args = {k: v for k, v in defaults.items() if k != "crop_samplers"} | {"dataset_root": str(tmp_path)}
     torch.save({"optimizer": {}, "args": old_args}, tmp_path / "old.pth")
-    torch.save({"optimizer": {}, "args": {**defaults, "crop_samplers": "paper"}}, tmp_path / "new.pth")
+    torch.save({"optimizer": {}, "args": {**old_args, "crop_samplers": "paper"}}, tmp_path / "new.pth")
     for name, expected in (("old.pth", "ssd_pytorch"), ("new.pth", "paper")):
-        args, _, _ = resolve_resume(parser.parse_args(["--resume", str(tmp_path / name)]), defaults)
-        assert isinstance(args, argparse.Namespace) and args.crop_samplers == expected
+        resume = TrainConfig.from_dict(vars(parser.parse_args(["--resume", str(tmp_path / name)])))
+        settings, _, _ = resolve_run(resume, frozenset({"resume"}), TrainConfig.from_dict(defaults),
+                                     torch.device("cpu"), DistInfo())  # fmt: skip
+        assert isinstance(settings, TrainConfig) and settings.crop_samplers == expected
 
 
 def straightforward(aug: SSDAugmentation, image, boxes, labels, rng):

@@ -334,14 +334,15 @@ def test_a_backbone_entry_gives_train_py_its_base_weights_and_their_normalisatio
 ) -> None:
     import train
     from utils.augmentations import PIXEL_NORMS
+    from utils.engine.config import TrainConfig
     from utils.engine.resume import resolve_model_flags
 
     backbone = BACKBONES[name]
     assert (backbone.base_weights, backbone.pixel_norm) == (base_weights, pixel_norm)
     assert backbone.pixel_norm in PIXEL_NORMS
     args = train.get_args_parser().parse_args(["--backbone", name, "--dataset_root", "unused"])
-    resolve_model_flags(args, frozenset())
-    assert (args.basenet, args.pixel_norm, args.size) == (base_weights, pixel_norm, backbone.sizes[0])
+    settings = resolve_model_flags(TrainConfig.from_dict(vars(args)), frozenset())
+    assert (settings.basenet, settings.pixel_norm, settings.size) == (base_weights, pixel_norm, backbone.sizes[0])
 
 
 def test_each_backbone_has_batch_norm_as_it_builds() -> None:

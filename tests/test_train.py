@@ -238,13 +238,17 @@ def test_conflicting_schedule_flags_are_refused(shapes: Path, tmp_path: Path, ex
 def test_paper_schedule_has_no_warmup_unless_asked(tmp_path: Path) -> None:
     # The paper's schedule has no warmup; a typed --warmup_epochs adds one.
     from utils.engine.builders import resolve_schedule
+    from utils.engine.config import TrainConfig
 
     parser = train.get_args_parser()
-    paper = resolve_schedule(parser.parse_args(["--schedule", "paper_voc"]), 16551, 517)[1]
+    def settings(*argv: str) -> TrainConfig:
+        return TrainConfig.from_dict(vars(parser.parse_args(argv)))
+
+    paper = resolve_schedule(settings("--schedule", "paper_voc"), 16551, 517)[1]
     assert paper.warmup_iters == 0 and paper.kind == "multistep"
-    asked = resolve_schedule(parser.parse_args(["--schedule", "paper_voc", "--warmup_epochs", "0.5"]), 16551, 517)[1]
+    asked = resolve_schedule(settings("--schedule", "paper_voc", "--warmup_epochs", "0.5"), 16551, 517)[1]
     assert asked.warmup_iters == round(0.5 * 517)
-    assert resolve_schedule(parser.parse_args([]), 16551, 517)[1].warmup_iters == 517  # cosine: 1 epoch
+    assert resolve_schedule(settings(), 16551, 517)[1].warmup_iters == 517  # cosine: 1 epoch
 
 
 def test_a_failed_start_leaves_no_run_folder(shapes: Path, tmp_path: Path) -> None:
@@ -356,6 +360,7 @@ def test_backbone_flags_that_cannot_work_are_refused(shapes: Path, tmp_path: Pat
 def test_fused_optimizer_makes_the_same_update(optimizer: str) -> None:
     # --fused_optimizer, checked on the CPU: the same steps up to float rounding.
     from utils.engine.builders import build_optimizer
+    from utils.engine.config import TrainConfig
 
     parser = train.get_args_parser()
     results = []
@@ -363,7 +368,7 @@ def test_fused_optimizer_makes_the_same_update(optimizer: str) -> None:
         torch.manual_seed(0)
         model = build_ssd(300, 3, width=0.125, batch_norm=True)
         args = parser.parse_args(["--optimizer", optimizer, "--lr", "0.01", *(["--fused_optimizer"] if fused else [])])
-        optimizer_ = build_optimizer(args, list(model.parameters()))
+        optimizer_ = build_optimizer(TrainConfig.from_dict(vars(args)), list(model.parameters()))
         assert optimizer_.defaults.get("fused") == (True if fused else None)
         g = torch.Generator().manual_seed(1)
         for _ in range(3):

@@ -17,12 +17,10 @@ The detector's state_dict keeps its layout: a checkpoint keeps the discriminator
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -32,9 +30,10 @@ from data.unlabeled import UnlabeledImages
 from layers.detection import Detect
 from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
 from layers.multibox_loss import MultiBoxLoss
-from ssd import BACKBONES, SSD
+from ssd import SSD
 from utils.augmentations import TargetViews
 from utils.checkpoint import DetectorInfo
+from utils.engine.config import TrainConfig
 from utils.engine.step import batch_losses
 
 logger = logging.getLogger(__name__)
@@ -112,39 +111,15 @@ class AdaptationConfig:
         return max((METHODS[name].views for name in self.methods), key=len, default=())
 
     @classmethod
-    def from_args(cls, args: object) -> AdaptationConfig:
-        """The config of train.py's arguments (``--da`` and the flags named as the fields)."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "methods" and hasattr(args, f.name)}
-        return cls(methods=tuple(getattr(args, "da", None) or ()), **values)
+    def from_settings(cls, settings: TrainConfig) -> AdaptationConfig:
+        """The config of a run's settings (``--da`` and the flags named as the fields)."""
+        values = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "methods"}
+        return cls(methods=tuple(settings.da or ()), **values)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` has a BatchNorm layer."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def check_adaptation_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
-    """Refuse domain adaptation flags that are wrong or would be ignored, before anything is built."""
-    methods = getattr(args, "da", None) or []
-    target = getattr(args, "target_root", None)
-    if methods and not target:
-        raise ValueError(f"--da {' '.join(methods)} adapts to unlabeled target images: give their VOC-format folder "
-                         "with --target_root")  # fmt: skip
-    if "target_dataset" in typed and not target:
-        raise ValueError("--target_dataset names the dataset of --target_root; give --target_root too")
-    if target and not Path(target).is_dir():
-        what = "is a file" if Path(target).exists() else "does not exist"
-        raise ValueError(f"--target_root {target} {what}; give the target's VOC-format folder")
-    for method in METHODS.values():
-        for name in sorted(typed & set(method.flags)):
-            if method.name not in methods:
-                raise ValueError(f"--{name} is a setting of --da {method.name}, which this run does not use; drop it "
-                                 f"or add {method.name} to --da")  # fmt: skip
-    if getattr(args, "swda", False) and "grl_levels" in typed:
-        raise ValueError("--swda places its classifiers on conv4_3 and fc7, so --grl_levels would be ignored; drop one")
-    if "adabn" in methods and not BACKBONES[args.backbone].has_batch_norm(args.batch_norm) and not args.finetune:
-        raise ValueError(f"--da adabn re-estimates BatchNorm statistics, and a {args.backbone} SSD has BatchNorm only "
-                         "with --batch_norm; add it, or pick another backbone")  # fmt: skip
 
 
 class AdaptiveSSD(nn.Module):

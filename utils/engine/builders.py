@@ -3,7 +3,6 @@ schedule, and the loaders of the labeled source and the unlabeled target images.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,12 +28,13 @@ from utils.engine.adaptation import (
     TARGET_SPLIT,
     has_batchnorm,
 )
+from utils.engine.config import TrainConfig
 from utils.engine.distributed import DistInfo, convert_sync_batchnorm
 from utils.engine.schedule import Schedule, paper_voc_epochs
 from utils.runtime import mixed_precision_dtype
 
 
-def build_model(args: argparse.Namespace, preset: DatasetPreset) -> tuple[SSD, DetectorInfo]:
+def build_model(settings: TrainConfig, preset: DatasetPreset) -> tuple[SSD, DetectorInfo]:
     """A new SSD for ``preset`` and its :class:`DetectorInfo`.
 
     With ``--finetune``, all but the checkpoint's conf heads, and the checkpoint's network, pixel normalisation and
@@ -43,29 +43,29 @@ def build_model(args: argparse.Namespace, preset: DatasetPreset) -> tuple[SSD, D
     the network of the flags (:func:`utils.engine.resume.resolve_model_flags`), initialised from ``--basenet`` (``none``: from
     scratch), with the backbone's test settings.
     """
-    if args.finetune:
-        checkpoint = read_checkpoint(args.finetune)
+    if settings.finetune:
+        checkpoint = read_checkpoint(settings.finetune)
         if "model_config" in checkpoint:
             source = detector_info(checkpoint)
             model = SSD(replace(source.config, num_classes=preset.num_classes))
-            load_model_weights(model, args.finetune, skip_conf=True)
+            load_model_weights(model, settings.finetune, skip_conf=True)
             preprocess = replace(source.preprocess, resize="opencv")
             return model, DetectorInfo(model.config, preset.class_names, preprocess, source.postprocess)
-    from_scratch = not args.basenet or args.basenet.lower() == "none"
-    reduced_tail = BACKBONES[args.backbone].reduced_tail(from_scratch and not args.finetune)
-    model = build_ssd(args.size, preset.num_classes, args.priors or BACKBONES[args.backbone].prior_family or
-                      preset.prior_family, args.width, args.batch_norm, args.backbone, reduced_tail)  # fmt: skip
-    if args.finetune:
-        load_model_weights(model, args.finetune, skip_conf=True)
+    from_scratch = not settings.basenet or settings.basenet.lower() == "none"
+    reduced_tail = BACKBONES[settings.backbone].reduced_tail(from_scratch and not settings.finetune)
+    model = build_ssd(settings.size, preset.num_classes, settings.priors or BACKBONES[settings.backbone].prior_family or
+                      preset.prior_family, settings.width, settings.batch_norm, settings.backbone, reduced_tail)  # fmt: skip
+    if settings.finetune:
+        load_model_weights(model, settings.finetune, skip_conf=True)
     elif not from_scratch:
-        if not Path(args.basenet).is_file():
+        if not Path(settings.basenet).is_file():
             raise FileNotFoundError(
-                f"base network {args.basenet} does not exist: {BACKBONES[args.backbone].base_weights_source}, or train from "
+                f"base network {settings.basenet} does not exist: {BACKBONES[settings.backbone].base_weights_source}, or train from "
                 "scratch with --basenet none"
             )
-        load_base_weights(model, args.basenet)
-    info = DetectorInfo(model.config, preset.class_names, PIXEL_NORMS[args.pixel_norm],
-                        BACKBONES[args.backbone].test_settings)  # fmt: skip
+        load_base_weights(model, settings.basenet)
+    info = DetectorInfo(model.config, preset.class_names, PIXEL_NORMS[settings.pixel_norm],
+                        BACKBONES[settings.backbone].test_settings)  # fmt: skip
     return model, info
 
 
@@ -90,18 +90,18 @@ def training_precision(amp: bool, graphed: bool, device: torch.device) -> torch.
     return torch.bfloat16 if graphed else mixed_precision_dtype(device)
 
 
-def build_optimizer(args: argparse.Namespace, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(settings: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD or AdamW over ``parameters`` (the detector's, then any domain classifiers'); ``--fused_optimizer``
     updates every parameter in one fused kernel (the same update up to float rounding; fewer launches on a GPU).
     ``--cuda_graph`` on a GPU implies it: a recorded step reads its learning rate from a GPU tensor, which fused SGD
     takes and AdamW only with ``capturable`` as well. A resumed state keeps these flags (:func:`match_optimizer_flags`).
     """
-    graphed = getattr(args, "cuda_graph", False) and bool(parameters) and parameters[0].is_cuda
-    fused = (getattr(args, "fused_optimizer", False) or graphed) or None
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+    graphed = settings.cuda_graph and bool(parameters) and parameters[0].is_cuda
+    fused = (settings.fused_optimizer or graphed) or None
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay,
                                fused=fused)  # fmt: skip
-    return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, fused=fused, capturable=graphed)
+    return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused, capturable=graphed)
 
 
 def match_optimizer_flags(optimizer: torch.optim.Optimizer) -> None:
@@ -119,61 +119,61 @@ def match_optimizer_flags(optimizer: torch.optim.Optimizer) -> None:
                 optimizer.state[param]["step"] = step.to(device, torch.float32)
 
 
-def warmup_epochs(args: argparse.Namespace) -> float:
+def warmup_epochs(settings: TrainConfig) -> float:
     """``--warmup_epochs`` when given; else 1 epoch, except under the paper's schedule, which has none."""
-    if args.warmup_epochs is not None:
-        return args.warmup_epochs
-    return 0.0 if args.schedule == "paper_voc" else 1.0
+    if settings.warmup_epochs is not None:
+        return settings.warmup_epochs
+    return 0.0 if settings.schedule == "paper_voc" else 1.0
 
 
-def resolve_schedule(args: argparse.Namespace, dataset_size: int, steps_per_epoch: int) -> tuple[int, Schedule]:
+def resolve_schedule(settings: TrainConfig, dataset_size: int, steps_per_epoch: int) -> tuple[int, Schedule]:
     """The number of epochs and the per-iteration lr schedule."""
-    epochs, milestones, kind = args.end_epoch, args.milestones, args.schedule
+    epochs, milestones, kind = settings.end_epoch, settings.milestones, settings.schedule
     if kind == "paper_voc":
-        epochs, milestones = paper_voc_epochs(dataset_size, args.batch_size)
+        epochs, milestones = paper_voc_epochs(dataset_size, settings.batch_size)
         kind = "multistep"
     schedule = Schedule(
         total_iters=epochs * steps_per_epoch,
-        warmup_iters=round(warmup_epochs(args) * steps_per_epoch),
+        warmup_iters=round(warmup_epochs(settings) * steps_per_epoch),
         kind=kind,
         milestones=tuple(m * steps_per_epoch for m in milestones),
-        gamma=args.gamma,
+        gamma=settings.gamma,
     )
     return epochs, schedule
 
 
-def train_augmentation(args: argparse.Namespace, info: DetectorInfo) -> SSDAugmentation:
-    """The training augmentation of ``args`` (``--max_expand``, ``--crop_samplers``) for ``info``'s detector.
+def train_augmentation(settings: TrainConfig, info: DetectorInfo) -> SSDAugmentation:
+    """The training augmentation of ``settings`` (``--max_expand``, ``--crop_samplers``) for ``info``'s detector.
 
     Training images are resized by OpenCV whatever ``info.preprocess.resize`` says (test time may resize as
     torchvision does, for checkpoints converted from it); both are bilinear with half-pixel centres.
     """
     preprocess = info.preprocess
-    return SSDAugmentation(info.config.size, preprocess.mean, preprocess.std, max_expand=args.max_expand,
-                           crop_samplers=args.crop_samplers)  # fmt: skip
+    return SSDAugmentation(info.config.size, preprocess.mean, preprocess.std, max_expand=settings.max_expand,
+                           crop_samplers=settings.crop_samplers)  # fmt: skip
 
 
 def build_train_loader(
-    args: argparse.Namespace, preset: DatasetPreset, info: DetectorInfo, dist: DistInfo, device: torch.device
+    settings: TrainConfig, preset: DatasetPreset, info: DetectorInfo, dist: DistInfo, device: torch.device
 ) -> tuple[DetectionDataset, EpochSampler, DataLoader]:
     """The augmented training set (:func:`train_augmentation`), its resumable sampler and the loader of this
     process's share of a batch."""
-    augmentation = train_augmentation(args, info)
-    dataset = build_dataset(preset, args.dataset_root, "train", augmentation, args.image_set, args.keep_difficult,
-                            args.skip_bad, args.seed)  # fmt: skip
-    if len(dataset) < args.batch_size:
-        raise ValueError(f"the training set has {len(dataset)} images, fewer than --batch_size {args.batch_size}")
-    sampler = EpochSampler(len(dataset), args.seed, dist.world_size, dist.rank, shuffle=True, drop_last=True)
+    augmentation = train_augmentation(settings, info)
+    dataset = build_dataset(preset, settings.dataset_root, "train", augmentation, settings.image_set, settings.keep_difficult,
+                            settings.skip_bad, settings.seed)  # fmt: skip
+    if len(dataset) < settings.batch_size:
+        raise ValueError(f"the training set has {len(dataset)} images, fewer than --batch_size {settings.batch_size}")
+    sampler = EpochSampler(len(dataset), settings.seed, dist.world_size, dist.rank, shuffle=True, drop_last=True)
     # Workers persist across epochs (no start-up per epoch); the sampler's keys carry the epoch to them.
-    loader = DataLoader(dataset, args.batch_size // dist.world_size, sampler=sampler, num_workers=args.num_workers,
+    loader = DataLoader(dataset, settings.batch_size // dist.world_size, sampler=sampler, num_workers=settings.num_workers,
                         collate_fn=detection_collate, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.num_workers > 0)  # fmt: skip
+                        persistent_workers=settings.num_workers > 0)  # fmt: skip
     return dataset, sampler, loader
 
 
-def target_preset(args: argparse.Namespace, source: DatasetPreset) -> DatasetPreset:
+def target_preset(settings: TrainConfig, source: DatasetPreset) -> DatasetPreset:
     """The preset of ``--target_dataset`` (default: the source's); its classes must be the source's."""
-    preset = get_preset(args.target_dataset or source.name, args.classes)
+    preset = get_preset(settings.target_dataset or source.name, settings.classes)
     if preset.class_names != source.class_names:
         raise ValueError(f"--target_dataset {preset.name} has classes {list(preset.class_names)} but --dataset "
                          f"{source.name} has {list(source.class_names)}; adaptation needs the same classes")  # fmt: skip
@@ -181,16 +181,16 @@ def target_preset(args: argparse.Namespace, source: DatasetPreset) -> DatasetPre
 
 
 def build_target_loader(
-    args: argparse.Namespace, info: DetectorInfo, views: tuple[str, ...], dist: DistInfo, device: torch.device
+    settings: TrainConfig, info: DetectorInfo, views: tuple[str, ...], dist: DistInfo, device: torch.device
 ) -> tuple[ContinuingSampler, DataLoader]:
     """The unlabeled target images of ``--target_root`` (its trainval split; annotations never opened) as ``views``
     (:class:`~utils.augmentations.TargetViews`; "augmented" is the source's :func:`train_augmentation`), in batches of
     ``--batch_size`` split over the processes as the source's, in an order fixed by the training step."""
     preprocess = info.preprocess
-    augmentation = train_augmentation(args, info) if "augmented" in views else None
+    augmentation = train_augmentation(settings, info) if "augmented" in views else None
     transform = TargetViews(info.config.size, preprocess.mean, preprocess.std, views, augmentation=augmentation)
-    dataset = UnlabeledImages([(args.target_root, TARGET_SPLIT)], transform, args.seed + 1)
-    sampler = ContinuingSampler(len(dataset), args.batch_size, args.seed + 1, dist.world_size, dist.rank)
-    loader = DataLoader(dataset, args.batch_size // dist.world_size, sampler=sampler, num_workers=args.num_workers,
+    dataset = UnlabeledImages([(settings.target_root, TARGET_SPLIT)], transform, settings.seed + 1)
+    sampler = ContinuingSampler(len(dataset), settings.batch_size, settings.seed + 1, dist.world_size, dist.rank)
+    loader = DataLoader(dataset, settings.batch_size // dist.world_size, sampler=sampler, num_workers=settings.num_workers,
                         pin_memory=device.type == "cuda", drop_last=True)  # fmt: skip
     return sampler, loader

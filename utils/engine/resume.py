@@ -3,7 +3,6 @@ its checkpoint, and the random number generators' states that an exact resume re
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 from dataclasses import replace
@@ -21,8 +20,9 @@ from utils.checkpoint import (
     read_checkpoint,
 )
 from utils.engine.adaptation import (
-    check_adaptation_flags,
+    METHODS,
 )
+from utils.engine.config import TrainConfig
 from utils.engine.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
@@ -83,117 +83,149 @@ def prior_family_of(config: ModelConfig) -> str | None:
     return next((family for (family, size), priors in PRIOR_CONFIGS.items() if priors == config.priors), None)
 
 
-def resolve_model_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
-    """Fill in a new run's network flags: ``--finetune``'s network when the checkpoint describes one (a typed flag
-    that differs from it is refused, naming both), else the backbone's defaults for ``--size``, ``--basenet`` and
-    ``--pixel_norm``."""
-    if args.finetune:
-        checkpoint = read_checkpoint(args.finetune)
+def resolve_model_flags(settings: TrainConfig, typed: frozenset[str]) -> TrainConfig:
+    """A new run's network settings filled in: ``--finetune``'s network when the checkpoint describes one (a typed
+    flag that differs from it is refused, naming both), else the backbone's defaults for ``--size``, ``--basenet``
+    and ``--pixel_norm``."""
+    if settings.finetune:
+        checkpoint = read_checkpoint(settings.finetune)
         if "model_config" in checkpoint:
             info = detector_info(checkpoint)
             config = info.config
             network = {"backbone": config.backbone, "size": config.size, "priors": prior_family_of(config),
                        "width": config.width, "batch_norm": config.batch_norm}  # fmt: skip
             for name in ARCHITECTURE_FLAGS:
-                if name in typed and getattr(args, name) != network[name]:
+                if name in typed and getattr(settings, name) != network[name]:
                     raise ValueError(
-                        f"--finetune {args.finetune} is a {config.backbone} SSD{config.size} (priors "
+                        f"--finetune {settings.finetune} is a {config.backbone} SSD{config.size} (priors "
                         f"{network['priors'] or 'of its own'}, width {config.width:g}, batch_norm {config.batch_norm}), "
-                        f"so --{name} {getattr(args, name)} does not fit it; drop --{name}: fine-tuning keeps the "
+                        f"so --{name} {getattr(settings, name)} does not fit it; drop --{name}: fine-tuning keeps the "
                         "checkpoint's network"
                     )
             opencv = replace(info.preprocess, resize="opencv")
             pixel_norm = next((name for name, norm in PIXEL_NORMS.items() if norm == opencv), None)
-            if "pixel_norm" in typed and args.pixel_norm != pixel_norm:
-                raise ValueError(f"--finetune {args.finetune} was trained with its own input normalisation, so "
-                                 f"--pixel_norm {args.pixel_norm} would be ignored; drop it")  # fmt: skip
-            vars(args).update(network, pixel_norm=pixel_norm)
-            return
-    backbone = BACKBONES[args.backbone]
-    if args.size is None:
-        args.size = backbone.sizes[0]
-    if args.basenet is None:
-        args.basenet = backbone.base_weights
-    if args.pixel_norm is None:
-        args.pixel_norm = backbone.pixel_norm
+            if "pixel_norm" in typed and settings.pixel_norm != pixel_norm:
+                raise ValueError(f"--finetune {settings.finetune} was trained with its own input normalisation, so "
+                                 f"--pixel_norm {settings.pixel_norm} would be ignored; drop it")  # fmt: skip
+            return replace(settings, **network, pixel_norm=pixel_norm)
+    backbone = BACKBONES[settings.backbone]
+    return replace(
+        settings,
+        size=backbone.sizes[0] if settings.size is None else settings.size,
+        basenet=backbone.base_weights if settings.basenet is None else settings.basenet,
+        pixel_norm=backbone.pixel_norm if settings.pixel_norm is None else settings.pixel_norm,
+    )
 
 
-def resolve_resume(
-    args: argparse.Namespace, defaults: dict[str, Any]
-) -> tuple[argparse.Namespace, dict[str, Any] | None, Path | None]:
-    """The arguments of the run to train, and the checkpoint and its path when ``--resume`` is given.
+def resolve_run(
+    settings: TrainConfig, typed: frozenset[str], defaults: TrainConfig, device: torch.device, dist: DistInfo
+) -> tuple[TrainConfig, dict[str, Any] | None, Path | None]:
+    """The settings of the run to train, and the checkpoint and its path when ``--resume`` is given; the flags are
+    checked first (:func:`check_train_flags`).
 
-    On ``--resume`` every argument comes from the checkpoint, except the per-invocation ones (always from the
+    Args:
+        settings: the parsed flags.
+        typed: the flags the user typed (``utils.cli.parse_args``'s ``typed_flags``).
+        defaults: the parser's defaults.
+        device, dist: where the run trains, and its processes.
+
+    On ``--resume`` every setting comes from the checkpoint, except the per-invocation ones (always from the
     command line) and the operational ones, from the command line where they differ from ``defaults``.
     """
-    typed = getattr(args, "typed_flags", frozenset())
-    if not args.resume:
-        if args.dataset_root is None:
-            raise ValueError("--dataset_root is required (the dataset folder), unless you --resume a run")
-        check_new_run_flags(args, typed)
-        resolve_model_flags(args, typed)
-        return args, None, None
-    path = find_resume_checkpoint(args.resume, args.project)
+    if not settings.resume:
+        check_train_flags(settings, typed, device, dist)
+        return resolve_model_flags(settings, typed), None, None
+    path = find_resume_checkpoint(settings.resume, settings.project)
     checkpoint = read_checkpoint(path)
     if "optimizer" not in checkpoint or "args" not in checkpoint:
         raise ValueError(f"{path} is not a train.py checkpoint (no optimizer state); use it with --finetune instead")
     # A typed flag that repeats the run's own setting changes nothing; any other would be ignored.
     started = checkpoint["args"]
     ignored = sorted(name for name in typed - set(OPERATIONAL_ARGS) - set(PER_INVOCATION_ARGS) - {"project", "end_epoch"}
-                     if name not in started or getattr(args, name) != started[name])  # fmt: skip
+                     if name not in started or getattr(settings, name) != started[name])  # fmt: skip
     if ignored:
         raise ValueError(
             f"--resume continues {path} with the settings it was started with, so "
             f"{', '.join('--' + name for name in ignored)} would be ignored; drop {'it' if len(ignored) == 1 else 'them'}"
             f", or start a new run from its weights with --finetune {path}"
         )
-    # Arguments added since the checkpoint was written: what it trained with, else the defaults.
-    saved = {**defaults, **FORMER_DEFAULTS, **checkpoint["args"]}
-    saved.update({k: getattr(args, k) for k in OPERATIONAL_ARGS if k in typed or getattr(args, k) != defaults[k]})
-    saved.update({k: getattr(args, k) for k in PER_INVOCATION_ARGS})
+    # Settings added since the checkpoint was written: what it trained with, else the defaults.
+    saved = {**defaults.to_dict(), **FORMER_DEFAULTS, **checkpoint["args"]}
+    saved.update({k: getattr(settings, k) for k in OPERATIONAL_ARGS
+                  if k in typed or getattr(settings, k) != getattr(defaults, k)})  # fmt: skip
+    saved.update({k: getattr(settings, k) for k in PER_INVOCATION_ARGS})
     if "end_epoch" in typed:
-        saved.update(change_length(saved, args.end_epoch, int(checkpoint["epoch"]), path))
-    return argparse.Namespace(**saved), checkpoint, path
+        saved.update(change_length(saved, settings.end_epoch, int(checkpoint["epoch"]), path))
+    resumed = TrainConfig.from_dict(saved)
+    check_train_flags(resumed, frozenset(), device, dist)  # the typed flags were refused above
+    return resumed, checkpoint, path
 
 
-def check_new_run_flags(args: argparse.Namespace, typed: frozenset[str]) -> None:
-    """Refuse flags that the others make meaningless, naming both (a typed flag is never ignored silently)."""
-    if args.schedule == "paper_voc":
+def check_adaptation_flags(settings: TrainConfig, typed: frozenset[str]) -> None:
+    """Refuse domain adaptation flags that are wrong or would be ignored, before anything is built."""
+    methods = settings.da or []
+    target = settings.target_root
+    if methods and not target:
+        raise ValueError(f"--da {' '.join(methods)} adapts to unlabeled target images: give their VOC-format folder "
+                         "with --target_root")  # fmt: skip
+    if "target_dataset" in typed and not target:
+        raise ValueError("--target_dataset names the dataset of --target_root; give --target_root too")
+    if target and not Path(target).is_dir():
+        what = "is a file" if Path(target).exists() else "does not exist"
+        raise ValueError(f"--target_root {target} {what}; give the target's VOC-format folder")
+    for method in METHODS.values():
+        for name in sorted(typed & set(method.flags)):
+            if method.name not in methods:
+                raise ValueError(f"--{name} is a setting of --da {method.name}, which this run does not use; drop it "
+                                 f"or add {method.name} to --da")  # fmt: skip
+    if settings.swda and "grl_levels" in typed:
+        raise ValueError("--swda places its classifiers on conv4_3 and fc7, so --grl_levels would be ignored; drop one")
+    if (
+        "adabn" in methods
+        and not BACKBONES[settings.backbone].has_batch_norm(settings.batch_norm)
+        and not settings.finetune
+    ):
+        raise ValueError(f"--da adabn re-estimates BatchNorm statistics, and a {settings.backbone} SSD has BatchNorm only "
+                         "with --batch_norm; add it, or pick another backbone")  # fmt: skip
+
+
+def check_train_flags(settings: TrainConfig, typed: frozenset[str], device: torch.device, dist: DistInfo) -> None:
+    """train.py's refusals, in one line each, before anything is built: flags that the others make meaningless,
+    naming both (a typed flag is never ignored silently), and what this device or these processes cannot run.
+
+    Args:
+        settings: the settings (a new run's parsed flags, or a resumed run's settings).
+        typed: the flags the user typed (empty for a resumed run: :func:`resolve_run` refuses those first).
+        device, dist: where the run trains, and its processes.
+    """
+    if settings.dataset_root is None:
+        raise ValueError("--dataset_root is required (the dataset folder), unless you --resume a run")
+    if settings.schedule == "paper_voc":
         for name in sorted(typed & {"end_epoch", "milestones"}):
             raise ValueError(
                 f"--schedule paper_voc fixes the length and the lr drops (the paper's 120k iterations of 32 images, "
                 f"x0.1 at 80k and 100k), so --{name} would be ignored; drop it, or use --schedule multistep "
                 "--milestones ... --end_epoch N"
             )
-    if args.schedule == "cosine" and "milestones" in typed:
+    if settings.schedule == "cosine" and "milestones" in typed:
         raise ValueError("--milestones sets the lr drops of --schedule multistep; with --schedule cosine it would be "
                          "ignored: drop it, or pick --schedule multistep")  # fmt: skip
-    if args.finetune and "basenet" in typed:
-        raise ValueError(f"--finetune {args.finetune} starts from a whole detector (all but its conf heads), so "
-                         f"--basenet {args.basenet} would be ignored; give one of them")  # fmt: skip
-    check_adaptation_flags(args, typed)
-    if args.schedule == "paper_voc" and "warmup_epochs" in typed and args.warmup_epochs > 0:
+    if settings.finetune and "basenet" in typed:
+        raise ValueError(f"--finetune {settings.finetune} starts from a whole detector (all but its conf heads), so "
+                         f"--basenet {settings.basenet} would be ignored; give one of them")  # fmt: skip
+    check_adaptation_flags(settings, typed)
+    if settings.schedule == "paper_voc" and "warmup_epochs" in typed and settings.warmup_epochs > 0:
         logger.info("--schedule paper_voc with --warmup_epochs %g: a warmup the paper's schedule does not have",
-                    args.warmup_epochs)  # fmt: skip
-
-
-def check_run_flags(args: argparse.Namespace, device: torch.device, dist: DistInfo) -> None:
-    """Refuse what the device or the processes cannot run, before anything is built: ``--cuda_graph`` where the
-    recorded step cannot run, and a batch that does not split evenly over the processes."""
-    if args.batch_size % dist.world_size:
-        raise ValueError(f"--batch_size {args.batch_size} must be divisible by the {dist.world_size} processes")
-    if not getattr(args, "cuda_graph", False):
+                    settings.warmup_epochs)  # fmt: skip
+    if settings.batch_size % dist.world_size:
+        raise ValueError(f"--batch_size {settings.batch_size} must be divisible by the {dist.world_size} processes")
+    if not settings.cuda_graph:
         return
-    if getattr(args, "da", None) or dist.enabled:
+    if settings.da or dist.enabled:
         raise ValueError("--cuda_graph records the supervised step of one process; drop it with --da or under torchrun")
-    if args.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if settings.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--cuda_graph --amp trains in bfloat16, which {torch.cuda.get_device_name(device)} lacks; "
                          "drop --amp (float32) or --cuda_graph (float16 with loss scaling)")  # fmt: skip
-
-
-def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The arguments a run saves (args.json, its checkpoints): all but the parser's record of the typed flags."""
-    return {k: v for k, v in vars(args).items() if k != "typed_flags"}
 
 
 def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Path) -> dict[str, Any]:
@@ -211,4 +243,4 @@ def change_length(saved: dict[str, Any], end_epoch: int, trained: int, path: Pat
     note = (f"--end_epoch changed from {saved['end_epoch']} to {end_epoch} on resuming after epoch {trained}: the lr "
             f"schedule was recomputed, so this run is not equal to an uninterrupted {end_epoch}-epoch run")  # fmt: skip
     logger.warning(note)
-    return {"end_epoch": end_epoch, "length_changes": [*saved.get("length_changes", []), note]}
+    return {"end_epoch": end_epoch, "length_changes": [*(saved.get("length_changes") or []), note]}

@@ -6,7 +6,6 @@ builders (:mod:`utils.engine.builders`), the step (:mod:`utils.engine.step`), th
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -46,8 +45,9 @@ from utils.engine.builders import (
     target_preset,
     training_precision,
 )
+from utils.engine.config import TrainConfig
 from utils.engine.distributed import DistInfo, all_reduce_sum
-from utils.engine.resume import check_run_flags, restore_rng_states, rng_states, run_arguments, seed_everything
+from utils.engine.resume import restore_rng_states, rng_states, seed_everything
 from utils.engine.run_log import RunLog
 from utils.engine.static_step import StaticTrainStep
 from utils.engine.step import TrainStep
@@ -66,52 +66,51 @@ class Trainer:
     """Holds what one training run owns and runs it epoch by epoch.
 
     Args:
-        args: train.py's arguments, already resolved by :func:`utils.engine.resume.resolve_resume`.
+        settings: the run's settings, resolved by :func:`utils.engine.resume.resolve_run`.
         checkpoint: the checkpoint to resume from, or None for a new run.
         resume_path: its path (the run folder is its folder).
     """
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        settings: TrainConfig,
         device: torch.device,
         dist: DistInfo,
         checkpoint: dict[str, Any] | None = None,
         resume_path: Path | None = None,
     ) -> None:
-        self.args, self.device, self.dist = args, device, dist
-        check_run_flags(args, device, dist)
+        self.settings, self.device, self.dist = settings, device, dist
         if dist.is_main and resume_path is None:
-            check_writable(args.project)  # the run folder itself is made once everything is built
-        seed_everything(args.seed)
+            check_writable(settings.project)  # the run folder itself is made once everything is built
+        seed_everything(settings.seed)
 
-        self.preset = get_preset(args.dataset, args.classes)
+        self.preset = get_preset(settings.dataset, settings.classes)
         if checkpoint is None:
-            self.model, self.info = build_model(args, self.preset)
+            self.model, self.info = build_model(settings, self.preset)
         else:  # the weights are loaded by load_state below
             self.info = detector_info(checkpoint)
             self.model = SSD(self.info.config)
         self.model.to(device)
-        self.dataset, self.sampler, self.loader = build_train_loader(args, self.preset, self.info, dist, device)
-        self.steps_per_epoch = len(self.dataset) // args.batch_size
-        self.target_preset = target_preset(args, self.preset) if getattr(args, "target_root", None) else None
-        config = AdaptationConfig.from_args(args)
+        self.dataset, self.sampler, self.loader = build_train_loader(settings, self.preset, self.info, dist, device)
+        self.steps_per_epoch = len(self.dataset) // settings.batch_size
+        self.target_preset = target_preset(settings, self.preset) if settings.target_root else None
+        config = AdaptationConfig.from_settings(settings)
         self.adaptation = DomainAdaptation(config, self.model) if config.methods else None
         self.target_sampler, self.target_loader = (None, None)
         if config.views:
-            self.target_sampler, self.target_loader = build_target_loader(args, self.info, config.views, dist, device)
+            self.target_sampler, self.target_loader = build_target_loader(settings, self.info, config.views, dist, device)
         network = self.adaptation.network() if self.adaptation is not None else self.model
-        prepare_network(network, device, dist, getattr(args, "sync_bn", False), self.adaptation is not None)
-        self.memory_format = torch.preserve_format if args.no_channels_last else torch.channels_last
+        prepare_network(network, device, dist, settings.sync_bn, self.adaptation is not None)
+        self.memory_format = torch.preserve_format if settings.no_channels_last else torch.channels_last
         self.model.to(memory_format=self.memory_format)
         parameters = list(self.model.parameters())
         if self.adaptation is not None:
             parameters += list(self.adaptation.parameters())
-        self.optimizer = build_optimizer(args, parameters)
-        self.epochs, schedule = resolve_schedule(args, len(self.dataset), self.steps_per_epoch)
+        self.optimizer = build_optimizer(settings, parameters)
+        self.epochs, schedule = resolve_schedule(settings, len(self.dataset), self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
-        graphed = getattr(args, "cuda_graph", False)
-        self.amp_dtype = training_precision(args.amp, graphed, device)
+        graphed = settings.cuda_graph
+        self.amp_dtype = training_precision(settings.amp, graphed, device)
         # float16 needs loss scaling against gradient underflow; bfloat16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.epoch, self.epoch_step, self.iteration, self.best_map = 0, 0, 0, None
@@ -129,24 +128,24 @@ class Trainer:
         criterion = MultiBoxLoss(self.preset.num_classes, normalizer=normalizer)
         self.step: TrainStep | StaticTrainStep
         if graphed:  # the update is applied before the loss is checked
-            self.step = StaticTrainStep(self.model, criterion, self.optimizer, self.amp_dtype, args.max_grad_norm,
+            self.step = StaticTrainStep(self.model, criterion, self.optimizer, self.amp_dtype, settings.max_grad_norm,
                                         self.memory_format)  # fmt: skip
         else:
             self.step = TrainStep(self.net, criterion, self.model, self.adaptation, self.optimizer, self.scaler,
-                                  args.max_grad_norm, self.amp_dtype, device, self.memory_format, all_reduce_sum,
+                                  settings.max_grad_norm, self.amp_dtype, device, self.memory_format, all_reduce_sum,
                                   dist.world_size)  # fmt: skip
-        evaluates = dist.is_main and args.eval_interval > 0
-        self.test_dataset = self.build_test_dataset(self.preset, args.dataset_root) if evaluates else None
+        evaluates = dist.is_main and settings.eval_interval > 0
+        self.test_dataset = self.build_test_dataset(self.preset, settings.dataset_root) if evaluates else None
         self.target_test_dataset = None
         if evaluates and self.target_preset is not None:
-            self.target_test_dataset = self.build_test_dataset(self.target_preset, args.target_root)
+            self.target_test_dataset = self.build_test_dataset(self.target_preset, settings.target_root)
         self.stop_requested = False
         self.run_dir: Path | None = None
         self.log: RunLog | None = None
         if dist.is_main:
-            self.run_dir = resume_path.parent if resume_path is not None else increment_run_dir(args.project, args.name)
-            self.log = RunLog(self.run_dir, self.term_names, args.tensorboard)
-            self.log.write_args(run_arguments(args))
+            self.run_dir = resume_path.parent if resume_path is not None else increment_run_dir(settings.project, settings.name)
+            self.log = RunLog(self.run_dir, self.term_names, settings.tensorboard)
+            self.log.write_args(settings.to_dict())
             self.log.resume(self.epoch)
 
     def build_test_dataset(self, preset: DatasetPreset, root: str) -> DetectionDataset | None:
@@ -170,7 +169,7 @@ class Trainer:
             "epoch_sums": self.epoch_sums.clone(),
             "epoch_steps": self.epoch_steps,
             "epoch_time": self.epoch_time,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in run_arguments(self.args).items()},
+            "args": self.settings.to_dict(),
             "rng": rng_states(),
             **({"adaptation": self.adaptation.state_dict()} if self.adaptation is not None else {}),
         }
@@ -236,7 +235,7 @@ class Trainer:
             self.iteration += 1
             self.epoch_time = time.perf_counter() - start
             if bar is not None:
-                speed = self.epoch_steps * self.args.batch_size / self.epoch_time
+                speed = self.epoch_steps * self.settings.batch_size / self.epoch_time
                 bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
                 losses = {name: f"{value:.3f}" for name, value in zip(self.term_names, terms.tolist(), strict=True)}
                 bar.set_postfix(**losses, lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
@@ -248,10 +247,10 @@ class Trainer:
         means = (self.epoch_sums / max(self.epoch_steps, 1)).tolist()
         record = {"epoch": self.epoch + 1, "iteration": self.iteration, "loss": sum(means),
                   **dict(zip(self.term_names, means, strict=True)), "lr": self.scheduler.get_last_lr()[0],
-                  "images_per_s": self.epoch_steps * self.args.batch_size / max(self.epoch_time, 1e-9),
+                  "images_per_s": self.epoch_steps * self.settings.batch_size / max(self.epoch_time, 1e-9),
                   "time_s": self.epoch_time}  # fmt: skip
-        if getattr(self.args, "length_changes", None):
-            record["note"] = self.args.length_changes[-1]
+        if self.settings.length_changes:
+            record["note"] = self.settings.length_changes[-1]
         return record
 
     def next_epoch(self) -> None:
@@ -279,19 +278,19 @@ class Trainer:
         """``--da adabn``: the BatchNorm statistics of the target's training images, on every process."""
         if self.adaptation is None or "adabn" not in self.adaptation.methods:
             return
-        args = self.args
-        seen = adapt_batchnorm(self.model, self.info, args.target_root, args.batch_size, args.num_workers, self.device)
+        settings = self.settings
+        seen = adapt_batchnorm(self.model, self.info, settings.target_root, settings.batch_size, settings.num_workers, self.device)
         logger.info("adabn: BatchNorm statistics re-estimated on %d target images", seen)
 
     def evaluate(self) -> dict:
         """The source test split's ``map`` and ``ap`` (best.pth is chosen on them) and, with ``--target_root``, the
         target test split's ``target_map`` and ``target_ap`` (reported only: the target's labels choose nothing)."""
-        metric = self.args.eval_metric or default_metric(self.preset.name)
+        metric = self.settings.eval_metric or default_metric(self.preset.name)
         predictor = Predictor.for_model(self.model, self.info)
         scores = {}
         for prefix, dataset in (("", self.test_dataset), ("target_", self.target_test_dataset)):
             if dataset is not None:
-                result = evaluate(predictor, dataset, self.args.eval_batch_size, self.args.num_workers, metric,
+                result = evaluate(predictor, dataset, self.settings.eval_batch_size, self.settings.num_workers, metric,
                                   progress=False)  # fmt: skip
                 scores.update({f"{prefix}map": result["map"], f"{prefix}ap": result["ap"]})
         return scores
@@ -299,13 +298,13 @@ class Trainer:
     def end_epoch(self, record: dict) -> None:
         """Evaluate, save and log, on the main process."""
         finished = self.epoch == self.epochs
-        if self.args.eval_interval > 0 and (self.epoch % self.args.eval_interval == 0 or finished):
+        if self.settings.eval_interval > 0 and (self.epoch % self.settings.eval_interval == 0 or finished):
             record.update(self.evaluate())
         mean_ap = record.get("map")
         if mean_ap is not None and not np.isnan(mean_ap) and (self.best_map is None or mean_ap > self.best_map):
             self.best_map = mean_ap
             self.save("best.pth")
-        if self.epoch % self.args.save_period == 0 or finished:
+        if self.epoch % self.settings.save_period == 0 or finished:
             self.save("last.pth")
         self.log.add_epoch(record)
         terms = ", ".join(f"{name[5:]} {record[name]:.4f}" for name in self.term_names)
@@ -336,7 +335,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
 
     def _fit(self) -> int:
-        args = self.args
+        settings = self.settings
         total = self.epochs * self.steps_per_epoch
         bar = tqdm(total=total, initial=self.iteration, unit="it", dynamic_ncols=True) if self.dist.is_main else None
         epochs_this_run = 0
@@ -349,7 +348,7 @@ class Trainer:
                 epochs_this_run += 1
                 if self.dist.is_main:
                     self.end_epoch(record)
-                if args.epochs_per_run and epochs_this_run >= args.epochs_per_run and self.epoch < self.epochs:
+                if settings.epochs_per_run and epochs_this_run >= settings.epochs_per_run and self.epoch < self.epochs:
                     path = self.save("last.pth")
                     if path is not None:
                         logger.info("stopped after %d epoch(s) (--epochs_per_run); resume with: python train.py "
