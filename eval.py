@@ -18,11 +18,12 @@ from collections.abc import Callable
 import torch
 
 from data.build import build_dataset
+from data.config import DatasetPreset
 from layers.detection import SSD_PYTORCH_SETTINGS
 from ssd import SSD
+from utils.adabn import adapt_batchnorm
 from utils.checkpoint import DetectorInfo, require_classes
 from utils.cli import POSITIVE_INT, add_hyphen_aliases, bounded, make_parser, run_cli
-from utils.engine.adaptation import adapt_batchnorm
 from utils.evaluation.evaluate import METRICS, default_metric, evaluate, format_table, format_time, save_outputs
 from utils.evaluation.voc_eval import DEVKIT, SSD_PYTORCH
 from utils.flags import (
@@ -38,7 +39,7 @@ from utils.flags import (
     detect_settings,
     raw_weights,
 )
-from utils.predict import Predictor, load_runner
+from utils.predict import Predictor, Runner, load_runner
 from utils.runs import check_writable, increment_run_dir, select_device
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,16 @@ def adabn_step(args: argparse.Namespace, device: torch.device) -> Callable[[SSD,
     return prepare
 
 
+def check_args(args: argparse.Namespace, runner: Runner, preset: DatasetPreset) -> None:
+    """eval.py's refusals, once the model is loaded (what they check is what it says of itself): a typed ``--size``
+    it would ignore, a dataset whose classes it does not have, and an export eval.py cannot feed or score."""
+    check_size_flag(args, runner.info.config.size)
+    require_classes(runner.info, preset.class_names, args.weights)
+    if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):
+        raise ValueError(f"{args.weights} preprocesses in its graph or has its own Detect with --ssd_pytorch; "
+                         "evaluate an export without --include_preprocess (and without --nms for --ssd_pytorch)")  # fmt: skip
+
+
 def main(args: argparse.Namespace) -> int:
     preset = dataset_preset(args)
     check_writable(args.project)  # before the detection work, not after it
@@ -86,11 +97,7 @@ def main(args: argparse.Namespace) -> int:
     runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp, prepare=adabn_step(args, device))
     startup = time.perf_counter() - start  # with the CUDA context's creation on a GPU
     info = runner.info
-    check_size_flag(args, info.config.size)
-    require_classes(info, preset.class_names, args.weights)
-    if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):
-        raise ValueError(f"{args.weights} preprocesses in its graph or has its own Detect with --ssd_pytorch; "
-                         "evaluate an export without --include_preprocess (and without --nms for --ssd_pytorch)")  # fmt: skip
+    check_args(args, runner, preset)
     settings = detect_settings(args, SSD_PYTORCH_SETTINGS if args.ssd_pytorch else info.postprocess)
     predictor = Predictor(runner, settings)
     start = time.perf_counter()

@@ -57,11 +57,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_hyphen_aliases(parser)
 
 
-def main(args: argparse.Namespace) -> int:
+def check_args(args: argparse.Namespace) -> None:
+    """inference.py's refusals of flag combinations, before the model is loaded (``--size`` is checked against
+    the loaded model: :func:`utils.flags.check_size_flag`)."""
     given = [s for s in (args.source, args.image, args.video) if s is not None]
-    preset = dataset_preset(args)
     if len(given) > 1 or (not given and args.dataset_root is None):
         raise ValueError("give exactly one of --source, --image or --video (or --dataset_root for its test split)")
+
+
+def main(args: argparse.Namespace) -> int:
+    check_args(args)
+    given = [s for s in (args.source, args.image, args.video) if s is not None]
+    preset = dataset_preset(args)
     if given:
         sources = resolve_sources(given[0])
     else:

@@ -214,7 +214,7 @@ class Backbone:
         base_description: what :meth:`base_state` loads (the message when a file does not fit).
         base_file_key: a state_dict key that only this backbone's ImageNet files have.
         base_file_kind: what such a file is (the message when it is given for another backbone).
-        pixel_norm: the input normalisation those weights expect (a ``utils.augmentations.PIXEL_NORMS`` name).
+        pixel_norm: the input normalisation those weights expect (a ``utils.transforms.PIXEL_NORMS`` name).
     """
 
     name: str

@@ -21,7 +21,7 @@ import torch
 from data.config import DATASETS
 from layers.prior_box import PRIOR_FAMILIES
 from ssd import BACKBONES, SIZES
-from utils.augmentations import CROP_SAMPLERS, PIXEL_NORMS
+from utils.augmentations import CROP_SAMPLERS
 from utils.cli import (
     NON_NEGATIVE_FLOAT,
     NON_NEGATIVE_INT,
@@ -40,6 +40,7 @@ from utils.engine.trainer import NonFiniteLossError, Trainer
 from utils.evaluation.evaluate import METRICS
 from utils.flags import add_dataset_flags, add_device_flags, add_run_flags, add_workers_flag
 from utils.runs import select_device
+from utils.transforms import PIXEL_NORMS
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -42,9 +42,9 @@ from benchmarks.common import (
 from layers.detection import Detect
 from ssd import BACKBONES
 from tests.reference import plain_detect
-from utils.augmentations import PIXEL_NORMS
 from utils.deploy.convert_torchvision import BUILDER_OF_BACKBONE
 from utils.runtime import InferenceModel
+from utils.transforms import PIXEL_NORMS
 
 
 def main() -> None:

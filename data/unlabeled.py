@@ -22,6 +22,11 @@ from data.voc import find_image, read_image_set
 ViewTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
+# The split of a target folder whose images adaptation reads: the unlabeled training images (Foggy Cityscapes train
+# is the converter's trainval split).
+TARGET_SPLIT = "trainval"
+
+
 class UnlabeledImages(Dataset):
     """The images of VOC-format (folder, split) pairs, without annotations.
 

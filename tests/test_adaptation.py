@@ -23,16 +23,15 @@ from layers.detection import Detect
 from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
 from ssd import build_ssd
 from tests.test_train import args_for, losses, run_main
+from utils.adabn import adapt_batchnorm, recompute_batchnorm
 from utils.augmentations import SSDAugmentation, TargetViews
 from utils.checkpoint import load_detector, read_checkpoint
 from utils.cli import parse_args, run_cli
 from utils.engine.adaptation import (
     AdaptationConfig,
     DomainAdaptation,
-    adapt_batchnorm,
     ema_update,
     pseudo_labels,
-    recompute_batchnorm,
 )
 from utils.engine.config import TrainConfig
 

@@ -211,8 +211,8 @@ def test_convert_cli_reports_a_missing_file_in_one_line(tmp_path: Path) -> None:
 
 def test_detector_info_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     from layers.detection import DetectSettings
-    from utils.augmentations import PIXEL_NORMS
     from utils.checkpoint import DetectorInfo, load_detector, save_checkpoint
+    from utils.transforms import PIXEL_NORMS
 
     model = build_ssd(300, 3, priors="COCO", width=0.125, batch_norm=True)
     info = DetectorInfo(model.config, ("cat", "dog"), PIXEL_NORMS["torchvision"], DetectSettings(0.001, 0.55, 300, 300))

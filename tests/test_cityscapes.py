@@ -11,10 +11,9 @@ import pytest
 
 from data.build import build_dataset
 from data.config import get_preset
-from data.unlabeled import UnlabeledImages
+from data.unlabeled import TARGET_SPLIT, UnlabeledImages
 from tests.fixtures import write_cityscapes_image, write_gtfine
 from utils.augmentations import TargetViews
-from utils.engine.adaptation import TARGET_SPLIT
 from utils.prepare_cityscapes_to_voc import get_args_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -333,9 +333,9 @@ def test_a_backbone_entry_gives_train_py_its_base_weights_and_their_normalisatio
     name: str, base_weights: str, pixel_norm: str
 ) -> None:
     import train
-    from utils.augmentations import PIXEL_NORMS
     from utils.engine.config import TrainConfig
     from utils.engine.resume import resolve_model_flags
+    from utils.transforms import PIXEL_NORMS
 
     backbone = BACKBONES[name]
     assert (backbone.base_weights, backbone.pixel_norm) == (base_weights, pixel_norm)

@@ -22,16 +22,7 @@ import math
 import cv2
 import numpy as np
 
-from utils.transforms import CAFFE_MEAN_BGR, Preprocess, check_sample, resize_normalise
-
-# torchvision's ImageNet normalisation expressed on 0-255 pixels, BGR order (for utils/deploy/convert_vgg.py weights).
-TORCHVISION_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
-TORCHVISION_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
-# --pixel_norm: caffe for ssd.pytorch's vgg16_reducedfc.pth, torchvision for bases converted from torchvision.
-PIXEL_NORMS: dict[str, Preprocess] = {
-    "caffe": Preprocess(CAFFE_MEAN_BGR),
-    "torchvision": Preprocess(TORCHVISION_MEAN_BGR, TORCHVISION_STD_BGR),
-}
+from utils.transforms import CAFFE_MEAN_BGR, check_sample, resize_normalise
 
 # Random sample crop modes: "whole" the whole image, a number the minimum IoU a patch must reach with some
 # object, None a patch without IoU constraint. SSD §2.2 and Caffe SSD's ssd_pascal.py batch_sampler use

@@ -132,7 +132,7 @@ class Preprocess:
     the BGR order of the image file (see the module docstring). ``std`` None divides by nothing. ``resize``
     (one of :data:`RESIZES`) says how test images are brought to the network's size.
 
-    A checkpoint stores it (``utils.checkpoint.DetectorInfo``); :data:`utils.augmentations.PIXEL_NORMS` names the ones
+    A checkpoint stores it (``utils.checkpoint.DetectorInfo``); :data:`PIXEL_NORMS` names the ones
     training uses (``--pixel_norm``).
     """
 
@@ -158,3 +158,14 @@ class Preprocess:
         mean, std = data.get("mean"), data.get("std")
         return cls(CAFFE_MEAN_BGR if not mean else tuple(float(v) for v in mean),
                    None if not std else tuple(float(v) for v in std), str(data.get("resize", "opencv")))  # fmt: skip
+
+
+# torchvision's ImageNet normalisation expressed on 0-255 pixels, BGR order (for utils/deploy/convert_vgg.py weights).
+TORCHVISION_MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
+TORCHVISION_STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)
+# The pixel normalisations by name (train.py's --pixel_norm; ssd.Backbone.pixel_norm): caffe for ssd.pytorch's
+# vgg16_reducedfc.pth, torchvision for torchvision's ImageNet weights and bases converted from them.
+PIXEL_NORMS: dict[str, Preprocess] = {
+    "caffe": Preprocess(CAFFE_MEAN_BGR),
+    "torchvision": Preprocess(TORCHVISION_MEAN_BGR, TORCHVISION_STD_BGR),
+}

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from data.build import build_dataset
+from data.config import DatasetPreset
 from layers.box_utils import decode
 from layers.detection import DetectSettings, PaddedDetect
 from ssd import SSD
@@ -374,13 +375,15 @@ def check_export(model: SSD, info: DetectorInfo, path: str | Path, images: Tenso
                     for key in ("boxes", "scores", "differ")}  # fmt: skip
 
 
-def calibration_images(args: argparse.Namespace, info: DetectorInfo) -> Iterator[np.ndarray]:
-    """``--calib_images`` images of ``--calib``'s training split, as the exported graph takes them."""
-    preset = dataset_preset(args)
-    transform = None if args.include_preprocess else info.preprocess.transform(info.config.size)
-    dataset = build_dataset(preset, args.calib, "train", transform)
-    for index in range(min(args.calib_images, len(dataset))):
-        yield dataset.pull_image(index) if args.include_preprocess else dataset[index][0].numpy()
+def calibration_images(
+    preset: DatasetPreset, root: str, count: int, info: DetectorInfo, include_preprocess: bool
+) -> Iterator[np.ndarray]:
+    """The first ``count`` images of ``root``'s training split, as the exported graph takes them: uint8 BGR
+    [H, W, 3] with ``include_preprocess``, else the preprocessed float32 [3, S, S]."""
+    transform = None if include_preprocess else info.preprocess.transform(info.config.size)
+    dataset = build_dataset(preset, root, "train", transform)
+    for index in range(min(count, len(dataset))):
+        yield dataset.pull_image(index) if include_preprocess else dataset[index][0].numpy()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -409,13 +412,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_hyphen_aliases(parser)
 
 
-def main(args: argparse.Namespace) -> int:
+def check_args(args: argparse.Namespace) -> None:
+    """The export command's refusals of flag combinations, before anything is loaded (``--nms`` with TorchScript
+    is refused by :func:`export_torchscript` itself)."""
     if args.int8 and (args.format != "onnx" or args.calib is None):
         raise ValueError("--int8 needs --format onnx and --calib <dataset root> to calibrate on")
     if args.half and args.int8:
         raise ValueError("--half and --int8 are two precisions; give one")
     if args.int8 and args.static_batch not in (None, 1):
         raise ValueError("--int8 calibrates one image at a time: use --static_batch 1 or a dynamic batch")
+
+
+def main(args: argparse.Namespace) -> int:
+    check_args(args)
     model, info = load_detector(args.weights, "cpu", raw_weights(args, dataset_preset(args)))
     outputs = "detections" if args.nms else "decoded" if args.decoded else "raw"
     spec = ExportSpec(outputs, detect_settings(args, info.postprocess), args.include_preprocess, args.half,
@@ -444,7 +453,8 @@ def main(args: argparse.Namespace) -> int:
             return 1
     print(line)
     if args.int8:
-        int8 = quantize_int8(output, output.with_suffix(".int8.onnx"), calibration_images(args, info))
+        images = calibration_images(dataset_preset(args), args.calib, args.calib_images, info, args.include_preprocess)
+        int8 = quantize_int8(output, output.with_suffix(".int8.onnx"), images)
         print(f"wrote {int8} (INT8, calibrated on {args.calib_images} images of {args.calib})")
     return 0
 

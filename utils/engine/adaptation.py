@@ -9,7 +9,7 @@
   al., ICLR 2021; Adaptive Teacher, Li et al., CVPR 2022). The teacher starts as a copy of the student after
   ``burn_in`` source-only steps. Combinable with ``grl``.
 * ``adabn``: BatchNorm statistics re-estimated on the target images after every epoch (AdaBN, Li et al., 2016),
-  for networks with BatchNorm; eval.py's ``--adabn`` does the same to any checkpoint.
+  for networks with BatchNorm (:mod:`utils.adabn`); eval.py's ``--adabn`` does the same to any checkpoint.
 
 The detector's state_dict keeps its layout: a checkpoint keeps the discriminators and the teacher under
 ``"adaptation"`` (:meth:`DomainAdaptation.state_dict`), so eval.py, inference.py and export load it as any other.
@@ -24,15 +24,12 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
-from data.unlabeled import UnlabeledImages
 from layers.detection import Detect
 from layers.domain import GlobalDomainClassifier, ImageDomainClassifier, LocalDomainClassifier, grad_reverse
 from layers.multibox_loss import MultiBoxLoss
 from ssd import SSD
-from utils.augmentations import TargetViews
-from utils.checkpoint import DetectorInfo
+from utils.adabn import has_batchnorm
 from utils.engine.config import TrainConfig
 from utils.engine.step import batch_losses
 
@@ -68,9 +65,6 @@ METHODS: dict[str, Method] = {
     "adabn": Method("adabn", "AdaBN (Li et al., 2016)", (), views=(), needs_batchnorm=True),
 }  # fmt: skip
 DA_METHODS = tuple(METHODS)
-# The split of a target folder whose images adaptation reads: the unlabeled training images (Foggy Cityscapes train
-# is the converter's trainval split).
-TARGET_SPLIT = "trainval"
 
 
 @dataclass(frozen=True)
@@ -115,11 +109,6 @@ class AdaptationConfig:
         """The config of a run's settings (``--da`` and the flags named as the fields)."""
         values = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "methods"}
         return cls(methods=tuple(settings.da or ()), **values)
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    """Whether ``model`` has a BatchNorm layer."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 class AdaptiveSSD(nn.Module):
@@ -311,41 +300,3 @@ class DomainAdaptation:
         if state.get("teacher") is not None:
             self.teacher = copy.deepcopy(self.detector).eval().requires_grad_(False)
             self.teacher.load_state_dict(state["teacher"])
-
-
-@torch.no_grad()
-def recompute_batchnorm(model: nn.Module, loader: Iterable[Tensor], device: torch.device) -> int:
-    """AdaBN: replace every BatchNorm layer's running statistics by those of the images of ``loader`` (the first
-    view of each batch, Tensor[B, V, 3, S, S] as :class:`data.unlabeled.UnlabeledImages` gives), averaged over its
-    batches with equal weight (``torch.optim.swa_utils.update_bn``). They are computed on a copy and swapped in at
-    the end, so an interruption leaves the model as it was; its mode is kept. Returns the number of images seen."""
-    seen = 0
-
-    def first_views() -> Iterable[Tensor]:
-        nonlocal seen
-        for views in loader:
-            seen += views.shape[0]
-            yield views[:, 0]  # [B, 3, S, S]
-
-    # A copy in the default memory format: train.py's channels_last model and eval.py's loaded one then sum the
-    # statistics in the same order, to the same bits.
-    work = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    torch.optim.swa_utils.update_bn(first_views(), work, device)
-    for mine, estimated in zip(model.modules(), work.modules(), strict=True):
-        if isinstance(mine, nn.modules.batchnorm._BatchNorm) and mine.track_running_stats:
-            mine.running_mean.copy_(estimated.running_mean)
-            mine.running_var.copy_(estimated.running_var)
-    return seen
-
-
-def adapt_batchnorm(
-    model: SSD, info: DetectorInfo, root: str, batch_size: int, num_workers: int, device: torch.device
-) -> int:
-    """AdaBN on a detector: :func:`recompute_batchnorm` on the test-time view (resized, not mirrored) of every image
-    of ``root``'s trainval split (a VOC-format folder; its annotations stay closed), in file order. train.py's
-    ``--da adabn`` calls it after every epoch, eval.py's ``--adabn`` before evaluating. Returns the images seen."""
-    if not has_batchnorm(model):
-        raise ValueError(f"AdaBN re-estimates BatchNorm statistics, and this {model.config.backbone} SSD has none")
-    views = TargetViews(model.config.size, info.preprocess.mean, info.preprocess.std, ("weak",), flip=False)
-    loader = DataLoader(UnlabeledImages([(root, TARGET_SPLIT)], views), batch_size, num_workers=num_workers)
-    return recompute_batchnorm(model, loader, device)

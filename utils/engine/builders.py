@@ -14,9 +14,10 @@ from data.base import DetectionDataset, detection_collate
 from data.build import build_dataset
 from data.config import DatasetPreset, get_preset
 from data.sampler import EpochSampler
-from data.unlabeled import ContinuingSampler, UnlabeledImages
+from data.unlabeled import TARGET_SPLIT, ContinuingSampler, UnlabeledImages
 from ssd import BACKBONES, SSD, build_ssd
-from utils.augmentations import PIXEL_NORMS, SSDAugmentation, TargetViews
+from utils.adabn import has_batchnorm
+from utils.augmentations import SSDAugmentation, TargetViews
 from utils.checkpoint import (
     DetectorInfo,
     detector_info,
@@ -24,14 +25,11 @@ from utils.checkpoint import (
     load_model_weights,
     read_checkpoint,
 )
-from utils.engine.adaptation import (
-    TARGET_SPLIT,
-    has_batchnorm,
-)
 from utils.engine.config import TrainConfig
 from utils.engine.distributed import DistInfo, convert_sync_batchnorm
 from utils.engine.schedule import Schedule, paper_voc_epochs
 from utils.runtime import mixed_precision_dtype
+from utils.transforms import PIXEL_NORMS
 
 
 def build_model(settings: TrainConfig, preset: DatasetPreset) -> tuple[SSD, DetectorInfo]:

@@ -14,7 +14,6 @@ import torch
 
 from layers.prior_box import PRIOR_CONFIGS
 from ssd import BACKBONES, ModelConfig
-from utils.augmentations import PIXEL_NORMS
 from utils.checkpoint import (
     detector_info,
     read_checkpoint,
@@ -24,6 +23,7 @@ from utils.engine.adaptation import (
 )
 from utils.engine.config import TrainConfig
 from utils.engine.distributed import DistInfo
+from utils.transforms import PIXEL_NORMS
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from data.build import build_dataset
 from data.config import DatasetPreset, get_preset
 from layers.multibox_loss import MultiBoxLoss
 from ssd import SSD
+from utils.adabn import adapt_batchnorm
 from utils.checkpoint import (
     detector_info,
     save_checkpoint,
@@ -32,7 +33,6 @@ from utils.checkpoint import (
 from utils.engine.adaptation import (
     AdaptationConfig,
     DomainAdaptation,
-    adapt_batchnorm,
 )
 from utils.engine.builders import (
     build_model,
