@@ -26,6 +26,7 @@ from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.reference import plain_multibox_loss
 from utils.engine.static_step import StaticTrainStep
+from utils.engine.step import TrainStep, apply_update
 from utils.runtime import mixed_precision_dtype
 
 # Dense (no sparsity) bfloat16 tensor-core peaks of the GPUs this is likely to run on, in TFLOP/s, from NVIDIA's
@@ -78,19 +79,18 @@ def main() -> None:
             host_images = host_images.pin_memory() if device.type == "cuda" else host_images  # as the loader's
             return lambda: step(host_images, host_targets)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py
+        if channels_last:  # train.py's own step
+            train_step = TrainStep(forward, criterion, model, None, optimizer, scaler, 0.0, dtype, device, fmt,
+                                   reduce=lambda terms: terms, world_size=1)  # fmt: skip
+            return lambda: train_step(batch, targets, None, 0, lambda terms: None)
 
-        def step() -> None:
+        def plain_step() -> None:  # the baseline: the same update around the plain reference loss
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loc, conf = forward(batch)
-            loss_fn = criterion if channels_last else plain_multibox_loss
-            loss_l, loss_c = loss_fn(loc.float(), conf.float(), model.priors, targets)
-            loss = loss_l + loss_c
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss_l, loss_c = plain_multibox_loss(loc.float(), conf.float(), model.priors, targets)
+            apply_update(loss_l + loss_c, optimizer, scaler, 0.0)
 
-        return step
+        return plain_step
 
     candidates = {"plain eager step": make(False), "train.py step": make(True)}
     if args.amp:

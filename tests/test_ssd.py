@@ -339,6 +339,10 @@ def test_a_backbone_entry_gives_train_py_its_base_weights_and_their_normalisatio
 
     backbone = BACKBONES[name]
     assert (backbone.base_weights, backbone.pixel_norm) == (base_weights, pixel_norm)
+    for attribute in ("base_weights_source", "base_description", "base_file_key", "base_file_kind"):
+        assert isinstance(getattr(backbone, attribute), str), attribute  # every entry carries all it needs
+    others = [b.base_file_key for b in BACKBONES.values() if b is not backbone]
+    assert backbone.base_file_key not in others  # the key tells its files apart
     assert backbone.pixel_norm in PIXEL_NORMS
     args = train.get_args_parser().parse_args(["--backbone", name, "--dataset_root", "unused"])
     settings = resolve_model_flags(TrainConfig.from_dict(vars(args)), frozenset())
