@@ -57,20 +57,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return add_hyphen_aliases(parser)
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> str | None:
     """inference.py's refusals of flag combinations, before the model is loaded (``--size`` is checked against
-    the loaded model: :func:`utils.flags.check_size_flag`)."""
+    the loaded model: :func:`utils.flags.check_size_flag`). Returns the one source given, None for
+    ``--dataset_root``'s test split."""
     given = [s for s in (args.source, args.image, args.video) if s is not None]
     if len(given) > 1 or (not given and args.dataset_root is None):
         raise ValueError("give exactly one of --source, --image or --video (or --dataset_root for its test split)")
+    return given[0] if given else None
 
 
 def main(args: argparse.Namespace) -> int:
-    check_args(args)
-    given = [s for s in (args.source, args.image, args.video) if s is not None]
+    source = check_args(args)
     preset = dataset_preset(args)
-    if given:
-        sources = resolve_sources(given[0])
+    if source is not None:
+        sources = resolve_sources(source)
     else:
         split = build_dataset(preset, args.dataset_root, "test", image_set=args.image_set)
         sources = Sources(images=[split.image_path(i) for i in range(len(split))])

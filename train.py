@@ -146,7 +146,8 @@ def main(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         defaults = TrainConfig.from_dict(vars(get_args_parser().parse_args([])))
-        settings, checkpoint, resume_path = resolve_run(TrainConfig.from_dict(vars(args)), args.typed_flags, defaults,
+        typed = getattr(args, "typed_flags", frozenset())  # utils.cli.parse_args records them
+        settings, checkpoint, resume_path = resolve_run(TrainConfig.from_dict(vars(args)), typed, defaults,
                                                         device, dist)  # fmt: skip
         return Trainer(settings, device, dist, checkpoint, resume_path).fit()
     except NonFiniteLossError as error:

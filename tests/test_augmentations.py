@@ -193,7 +193,7 @@ def test_old_checkpoints_resume_with_ssd_pytorch_crops(tmp_path) -> None:
     parser = train.get_args_parser()
     defaults = vars(parser.parse_args([]))
     assert defaults["crop_samplers"] == "paper"
-    old_args = {k: v for k, v in defaults.items() if k != "crop_samplers"} | {"dataset_root": str(tmp_path)}
+    old_args = {k: v for k, v in defaults.items() if k != "crop_samplers"}
     torch.save({"optimizer": {}, "args": old_args}, tmp_path / "old.pth")
     torch.save({"optimizer": {}, "args": {**old_args, "crop_samplers": "paper"}}, tmp_path / "new.pth")
     for name, expected in (("old.pth", "ssd_pytorch"), ("new.pth", "paper")):

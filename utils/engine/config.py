@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -87,8 +86,8 @@ class TrainConfig:
     length_changes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as a checkpoint and args.json keep it (paths as strings)."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        """The config as a checkpoint and args.json keep it."""
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -101,5 +100,5 @@ class TrainConfig:
             raise ValueError(f"the run's settings lack {missing}")
         unknown = sorted(set(data) - names - {"typed_flags"})
         if unknown:
-            logger.debug("settings this version does not have, left out: %s", unknown)
+            logger.info("settings of an older version that this one does not have, left out: %s", unknown)
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -120,8 +120,12 @@ def resolve_model_flags(settings: TrainConfig, typed: frozenset[str]) -> TrainCo
 def resolve_run(
     settings: TrainConfig, typed: frozenset[str], defaults: TrainConfig, device: torch.device, dist: DistInfo
 ) -> tuple[TrainConfig, dict[str, Any] | None, Path | None]:
-    """The settings of the run to train, and the checkpoint and its path when ``--resume`` is given; the flags are
-    checked first (:func:`check_train_flags`).
+    """The settings of the run to train, and the checkpoint and its path when ``--resume`` is given.
+
+    train.py's refusals all happen here, before anything is built: a new run's flags are checked
+    (:func:`check_train_flags`) before its network flags are resolved; a resumed run refuses typed flags that its
+    checkpoint would override; both then check what this device and these processes can run
+    (:func:`check_runnable`).
 
     Args:
         settings: the parsed flags.
@@ -133,8 +137,10 @@ def resolve_run(
     command line) and the operational ones, from the command line where they differ from ``defaults``.
     """
     if not settings.resume:
-        check_train_flags(settings, typed, device, dist)
-        return resolve_model_flags(settings, typed), None, None
+        check_train_flags(settings, typed)
+        resolved = resolve_model_flags(settings, typed)
+        check_runnable(resolved, device, dist)
+        return resolved, None, None
     path = find_resume_checkpoint(settings.resume, settings.project)
     checkpoint = read_checkpoint(path)
     if "optimizer" not in checkpoint or "args" not in checkpoint:
@@ -157,7 +163,7 @@ def resolve_run(
     if "end_epoch" in typed:
         saved.update(change_length(saved, settings.end_epoch, int(checkpoint["epoch"]), path))
     resumed = TrainConfig.from_dict(saved)
-    check_train_flags(resumed, frozenset(), device, dist)  # the typed flags were refused above
+    check_runnable(resumed, device, dist)
     return resumed, checkpoint, path
 
 
@@ -189,14 +195,13 @@ def check_adaptation_flags(settings: TrainConfig, typed: frozenset[str]) -> None
                          "with --batch_norm; add it, or pick another backbone")  # fmt: skip
 
 
-def check_train_flags(settings: TrainConfig, typed: frozenset[str], device: torch.device, dist: DistInfo) -> None:
-    """train.py's refusals, in one line each, before anything is built: flags that the others make meaningless,
-    naming both (a typed flag is never ignored silently), and what this device or these processes cannot run.
+def check_train_flags(settings: TrainConfig, typed: frozenset[str]) -> None:
+    """A new run's refusals of its flags, one line each: a missing dataset, and flags that the others make
+    meaningless, naming both (a typed flag is never ignored silently).
 
     Args:
-        settings: the settings (a new run's parsed flags, or a resumed run's settings).
-        typed: the flags the user typed (empty for a resumed run: :func:`resolve_run` refuses those first).
-        device, dist: where the run trains, and its processes.
+        settings: the parsed flags.
+        typed: the flags the user typed.
     """
     if settings.dataset_root is None:
         raise ValueError("--dataset_root is required (the dataset folder), unless you --resume a run")
@@ -217,6 +222,11 @@ def check_train_flags(settings: TrainConfig, typed: frozenset[str], device: torc
     if settings.schedule == "paper_voc" and "warmup_epochs" in typed and settings.warmup_epochs > 0:
         logger.info("--schedule paper_voc with --warmup_epochs %g: a warmup the paper's schedule does not have",
                     settings.warmup_epochs)  # fmt: skip
+
+
+def check_runnable(settings: TrainConfig, device: torch.device, dist: DistInfo) -> None:
+    """Refuse what this device or these processes cannot run, for a new or a resumed run: a batch that does not
+    split evenly over the processes, and ``--cuda_graph`` where the recorded step cannot run."""
     if settings.batch_size % dist.world_size:
         raise ValueError(f"--batch_size {settings.batch_size} must be divisible by the {dist.world_size} processes")
     if not settings.cuda_graph:
