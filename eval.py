@@ -22,7 +22,7 @@ from data.config import DatasetPreset
 from layers.detection import SSD_PYTORCH_SETTINGS
 from ssd import SSD
 from utils.adabn import adapt_batchnorm
-from utils.checkpoint import DetectorInfo, require_classes
+from utils.checkpoint import ClassMatch, DetectorInfo, require_classes
 from utils.cli import POSITIVE_INT, add_hyphen_aliases, bounded, make_parser, run_cli
 from utils.evaluation.evaluate import METRICS, default_metric, evaluate, format_table, format_time, save_outputs
 from utils.evaluation.voc_eval import DEVKIT, SSD_PYTORCH
@@ -57,8 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--iou_thresh", type=bounded(float, 0, 1, low_open=True), default=0.5, help="IoU at which a detection matches"
     )
     parser.add_argument("--adabn", default=None, metavar="DIR",
-                        help="AdaBN: first re-estimate the BatchNorm statistics on the trainval images of this "
-                             "VOC-format folder (the target domain; its annotations are not read)")  # fmt: skip
+                        help="AdaBN: first re-estimate the BatchNorm statistics on the target domain's images in DIR: "
+                             "a VOC-format folder's trainval split (or train + val), or every image of a plain folder "
+                             "(annotations are not read)")  # fmt: skip
     add_detect_flags(parser)
     parser.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="images per forward pass")
     add_workers_flag(parser)
@@ -79,14 +80,16 @@ def adabn_step(args: argparse.Namespace, device: torch.device) -> Callable[[SSD,
     return prepare
 
 
-def check_args(args: argparse.Namespace, runner: Runner, preset: DatasetPreset) -> None:
+def check_args(args: argparse.Namespace, runner: Runner, preset: DatasetPreset) -> ClassMatch:
     """eval.py's refusals, once the model is loaded (what they check is what it says of itself): a typed ``--size``
-    it would ignore, a dataset whose classes it does not have, and an export eval.py cannot feed or score."""
+    it would ignore, a dataset that shares no class name with it, and an export eval.py cannot feed or score.
+    Returns how the model's classes map to the dataset's: the classes both have are scored."""
     check_size_flag(args, runner.info.config.size)
-    require_classes(runner.info, preset.class_names, args.weights)
+    match = require_classes(runner.info, preset.class_names, args.weights)
     if runner.input_kind != "preprocessed" or (runner.returns_detections and args.ssd_pytorch):
         raise ValueError(f"{args.weights} preprocesses in its graph or has its own Detect with --ssd_pytorch; "
                          "evaluate an export without --include_preprocess (and without --nms for --ssd_pytorch)")  # fmt: skip
+    return match
 
 
 def main(args: argparse.Namespace) -> int:
@@ -97,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     runner = load_runner(args.weights, device, raw_weights(args, preset), args.amp, prepare=adabn_step(args, device))
     startup = time.perf_counter() - start  # with the CUDA context's creation on a GPU
     info = runner.info
-    check_args(args, runner, preset)
+    match = check_args(args, runner, preset)
     settings = detect_settings(args, SSD_PYTORCH_SETTINGS if args.ssd_pytorch else info.postprocess)
     predictor = Predictor(runner, settings)
     start = time.perf_counter()
@@ -121,6 +124,8 @@ def main(args: argparse.Namespace) -> int:
         print(result["coco"]["summary"])
     if result["missing_classes"]:
         print(f"classes without ground truth (left out of the mean): {', '.join(result['missing_classes'])}")
+    if scored := match.describe():  # a model of other classes (a VOC model on Watercolor2k): what was scored
+        print(scored)
     label = "mAP" if metric != "coco" else "AP@[.5:.95]"
     area = f" (area mAP {result['area_map']:.4f})" if metric == "voc07" else ""
     print(f"{metric} {label} = {result['map']:.4f}{area} over {len(dataset)} images; results in {out_dir}")

@@ -8,10 +8,7 @@ from data.base import DetectionDataset, Transform
 from data.config import DatasetPreset
 from data.voc import VOCDetection, VOCFormatDataset
 
-# Default image sets per (dataset, split). VOC: the paper's 07+12 trainval, VOC2007 test.
-VOC_IMAGE_SETS = {"train": "2007:trainval,2012:trainval", "test": "2007:test"}
-COCO_IMAGE_SETS = {"train": "train2017", "test": "val2017"}
-VOC_FORMAT_SPLITS = {"train": "trainval", "test": "test"}
+SPLITS = ("train", "test")
 
 
 def parse_voc_image_sets(text: str) -> list[tuple[str, str]]:
@@ -40,20 +37,27 @@ def build_dataset(
     Args:
         preset: from :func:`data.config.get_preset`.
         root: VOCdevkit folder (VOC), COCO folder (COCO), or a VOC-format folder (everything else).
-        split: ``"train"`` or ``"test"``, mapped to the dataset's usual image sets.
+        split: ``"train"`` or ``"test"``, mapped to the preset's image sets (``preset.train_split`` and
+            ``preset.test_split``: VOC 07+12 trainval and 2007 test, COCO train2017 and val2017, ...).
         image_set: overrides that mapping: ``"2007:test"`` (VOC), ``"val2014"`` (COCO), or a split file
             name under ``ImageSets/Main`` (VOC-format folders).
+
+    Raises:
+        ValueError: ``split`` is not train or test, or the preset has no such split and ``image_set`` is None.
     """
-    if split not in VOC_FORMAT_SPLITS:
+    if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    image_set = image_set or preset.image_set(split)
+    if image_set is None:
+        raise ValueError(f"--dataset {preset.name} has no {split} split of its own (docs/datasets.md); name a split "
+                         f"file of {Path(root) / 'ImageSets' / 'Main'} with --image_set")  # fmt: skip
     common = {"transform": transform, "skip_bad": skip_bad, "seed": seed}
     if preset.name == "VOC":
-        sets = parse_voc_image_sets(image_set or VOC_IMAGE_SETS[split])
+        sets = parse_voc_image_sets(image_set)
         return VOCDetection(root, sets, keep_difficult=keep_difficult, class_names=preset.class_names, **common)
     if preset.name == "COCO":
         from data.coco import COCODetection  # pycocotools is only needed here
 
-        return COCODetection(root, image_set or COCO_IMAGE_SETS[split], class_names=preset.class_names, **common)
-    return VOCFormatDataset(
-        [(root, image_set or VOC_FORMAT_SPLITS[split])], preset.class_names, keep_difficult=keep_difficult, **common
-    )
+        return COCODetection(root, image_set, class_names=preset.class_names, **common)
+    return VOCFormatDataset([(root, image_set)], preset.class_names, keep_difficult=keep_difficult,
+                            rename=preset.rename, drop=preset.drop, **common)  # fmt: skip

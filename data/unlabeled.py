@@ -1,13 +1,14 @@
 """Unlabeled images: the target domain of domain adaptation.
 
-A target folder is VOC-format (``JPEGImages/``, ``ImageSets/Main/<split>.txt``), but its ``Annotations/`` are never
-opened: the target's labels take no part in training. Its samples are image views only (see
-``utils.augmentations.TargetViews``), and its order continues across the source's epochs
-(:class:`ContinuingSampler`), so the two streams can have any lengths.
+A target folder is any folder of images (every image file under it, subfolders included), or a VOC-format folder
+(``JPEGImages/``, ``ImageSets/Main/<split>.txt``) whose ``Annotations/`` are never opened: the target's labels take no
+part in training. Its samples are image views only (see ``utils.augmentations.TargetViews``), and its order continues
+across the source's epochs (:class:`ContinuingSampler`), so the two streams can have any lengths.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -16,27 +17,78 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from data.base import read_image
-from data.voc import find_image, read_image_set
+from data.base import IMAGE_SUFFIXES, read_image
+from data.voc import find_image, image_set_file, read_image_set
+
+logger = logging.getLogger(__name__)
 
 ViewTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 # The split of a target folder whose images adaptation reads: the unlabeled training images (Foggy Cityscapes train
-# is the converter's trainval split).
+# is the converter's trainval split). A VOC-format folder without trainval.txt gives its train.txt and val.txt
+# (trainval is VOC's name for the two together): Clipart1k, Watercolor2k and Comic2k ship train.txt and test.txt
+# only (naoto0804/cross-domain-detection datasets/README.md:36), and their train split is the target images of
+# czzbb/I3Net (data/water.py:97 image_sets=[('2007', 'train')], likewise cliaprt.py:95 and comic.py:97).
 TARGET_SPLIT = "trainval"
+TRAINVAL_PARTS = ("train", "val")
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """Every image file (:data:`data.base.IMAGE_SUFFIXES`, any case) under ``folder``, subfolders included, hidden
+    files and folders left out, sorted by path."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
+def target_images(folder: Path, split: str) -> list[Path]:
+    """The images of ``folder``'s ``split``.
+
+    - A VOC-format folder (it has ``ImageSets/Main/``): the ids of ``<split>.txt`` in ``JPEGImages/``; for
+      ``trainval`` where the folder has no trainval.txt, those of its train.txt and val.txt.
+    - Any other folder: every image file under it (:func:`folder_images`), whatever ``split``.
+
+    Raises:
+        FileNotFoundError: the folder does not exist, holds no image, lacks the split file, or an image is missing.
+        ValueError: a split file is malformed.
+    """
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"{folder} {what}; give a folder of images or a VOC-format folder")
+    listings = folder / "ImageSets" / "Main"
+    if not listings.is_dir():
+        paths = folder_images(folder)
+        if not paths:
+            raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder of images "
+                                    "or a VOC-format folder")  # fmt: skip
+        logger.info("%s: %d images (a plain folder: every image under it)", folder, len(paths))
+        return paths
+    splits = [split]
+    if split == "trainval" and not (listings / "trainval.txt").is_file():
+        splits = [part for part in TRAINVAL_PARTS if (listings / f"{part}.txt").is_file()] or splits
+        logger.info("%s has no trainval.txt: reading %s", listings, " and ".join(f"{s}.txt" for s in splits))
+    return [
+        find_image(folder, image_id) for part in splits for image_id in read_image_set(image_set_file(folder, part))
+    ]
 
 
 class UnlabeledImages(Dataset):
-    """The images of VOC-format (folder, split) pairs, without annotations.
+    """The images of (folder, split) pairs, without annotations.
 
     Args:
-        sources: ``(folder, split)`` pairs; ``split`` names ``ImageSets/Main/<split>.txt``.
+        sources: ``(folder, split)`` pairs: a VOC-format folder and the split it gives, or any folder of images
+            (:func:`target_images`).
         transform: ``(uint8 [H, W, 3] BGR image, rng) -> float32 [V, 3, S, S]`` views.
         seed: with the pass over the data and the index, seeds each sample's views.
 
     Raises:
-        FileNotFoundError, ValueError: a folder, split file or image is missing, or a split file is malformed.
+        FileNotFoundError, ValueError: a folder, split file or image is missing, a folder holds no image, or a split
+            file is malformed.
 
     A key is an index, or ``(cycle, index)`` for the ``cycle``-th pass over the images (what
     :class:`ContinuingSampler` yields): the views of a sample depend on the key alone, whatever the workers.
@@ -47,16 +99,7 @@ class UnlabeledImages(Dataset):
         self.seed = seed
         self.paths: list[Path] = []
         for folder, split in sources:
-            folder = Path(folder)
-            if not folder.is_dir():
-                what = "is a file" if folder.exists() else "does not exist"
-                raise FileNotFoundError(f"{folder} {what}; give a VOC-format folder (JPEGImages/, ImageSets/Main/)")
-            listing = folder / "ImageSets" / "Main" / f"{split}.txt"
-            if not listing.is_file():
-                raise FileNotFoundError(
-                    f"image set {listing} does not exist; is {folder} a VOC-format folder with split {split!r}?"
-                )
-            self.paths += [find_image(folder, image_id) for image_id in read_image_set(listing)]
+            self.paths += target_images(Path(folder), split)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -9,32 +9,59 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from data.base import IMAGE_SUFFIXES, Annotation, DetectionDataset, Transform, clean_boxes, image_size
-from data.config import VOC_CLASSES
+from data.config import VOC_CLASSES, annotation_labels
 
 logger = logging.getLogger(__name__)
 
 
 class UnknownClassError(ValueError):
-    """An annotation names a class outside the class list: a configuration error, never skipped."""
+    """An annotation names a class outside the class list (and outside the names the preset drops): a configuration
+    error, never skipped."""
 
 
-def parse_voc_xml(path: Path, class_index: dict[str, int], image_size: tuple[int, int] | None = None) -> Annotation:
+def unknown_class_message(path: Path, name: str, class_index: Mapping[str, int | None]) -> str:
+    """What an annotation of an unexpected class ``name`` says: the classes, the names renamed to one, and the names
+    whose boxes are dropped (``class_index`` lists each class's own name before its renames, as
+    :func:`data.config.annotation_labels` does)."""
+    classes: dict[int, str] = {}
+    renamed, dropped = [], []
+    for key, label in class_index.items():
+        if label is None:
+            dropped.append(key)
+        elif label in classes:
+            renamed.append(f"{key} -> {classes[label]}")
+        else:
+            classes[label] = key
+    message = f"annotation {path} has an object of class {name!r}, which is not among the {len(classes)} classes"
+    message += f" ({', '.join(classes.values())})"
+    if renamed:
+        message += f", the names read as one of them ({', '.join(renamed)})"
+    if dropped:
+        message += f" nor among the names whose boxes this dataset drops ({', '.join(dropped)})"
+    return message + "; pass the right --dataset or --classes file"
+
+
+def parse_voc_xml(
+    path: Path, class_index: Mapping[str, int | None], image_size: tuple[int, int] | None = None
+) -> Annotation:
     """Parse one VOC annotation file.
 
     Args:
+        class_index: lower-case annotation name -> 0-based label, or None for a name whose boxes are dropped
+            (:func:`data.config.annotation_labels`).
         image_size: ``(width, height)`` of the decoded image. When given it wins over the XML's ``<size>``,
             which annotation tools sometimes get wrong (or write for the stored, un-rotated EXIF image); a
             disagreement is warned about once, naming the file.
 
     Raises:
-        ValueError: malformed or truncated XML, a missing field, or a class not in ``class_index``; the
-            message names the file.
+        ValueError: malformed or truncated XML, a missing field, or a name not in ``class_index``
+            (:class:`UnknownClassError`); the message names the file.
     """
     try:
         root = ET.parse(path).getroot()
@@ -65,15 +92,16 @@ def parse_voc_xml(path: Path, class_index: dict[str, int], image_size: tuple[int
     if width <= 0 or height <= 0:
         raise ValueError(f"annotation {path} gives image size {width}x{height}; fix its <size> field")
 
-    labels = []
-    for name in names:
+    labels, read = [], []
+    for k, name in enumerate(names):
         key = name.lower()
         if key not in class_index:
-            raise UnknownClassError(
-                f"annotation {path} has an object of class {name!r}, which is not among the {len(class_index)} "
-                f"classes ({', '.join(class_index)}); pass the right --dataset or --classes file"
-            )
-        labels.append(class_index[key])
+            raise UnknownClassError(unknown_class_message(path, name, class_index))
+        label = class_index[key]
+        if label is not None:  # None: a name whose boxes the preset drops
+            labels.append(label)
+            read.append(k)
+    boxes, difficult = [boxes[k] for k in read], [difficult[k] for k in read]
     # VOC pixels are 0..W-1 once shifted to 0-based, so that is where clipping stops.
     clipped, keep = clean_boxes(np.array(boxes, np.float32).reshape(-1, 4), width, height, path, width - 1, height - 1)
     return Annotation(
@@ -86,8 +114,27 @@ def parse_voc_xml(path: Path, class_index: dict[str, int], image_size: tuple[int
     )
 
 
+def image_set_file(folder: Path, split: str) -> Path:
+    """``folder/ImageSets/Main/<split>.txt``.
+
+    Raises:
+        FileNotFoundError: it does not exist; the message lists the split files the folder has.
+    """
+    listing = folder / "ImageSets" / "Main" / f"{split}.txt"
+    if listing.is_file():
+        return listing
+    found = sorted(p.stem for p in listing.parent.glob("*.txt")) if listing.parent.is_dir() else []
+    shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+    hint = f" Its ImageSets/Main has {shown}" if found else ""
+    raise FileNotFoundError(
+        f"image set {listing} does not exist; is {folder} a VOC-format folder with split {split!r}?{hint}"
+    )
+
+
 def read_image_set(listing: Path) -> list[str]:
-    """The image ids of a VOC split file (``ImageSets/Main/<split>.txt``): one id per line.
+    """The image ids of a VOC split file (``ImageSets/Main/<split>.txt``): one id per line. An id written with its
+    image suffix (``3384827.jpg``, as SWDA's Sim10k lists show: VisionLearningGroup/DA_Detection README.md:27) is
+    read without it.
 
     Raises:
         ValueError: the file is empty, or a line holds more than one word (an id with a space, or a per-class
@@ -101,10 +148,16 @@ def read_image_set(listing: Path) -> list[str]:
                 f"{listing}, line {number}: {line.strip()!r} is not one image id; VOC split files hold one id per "
                 "line, and ids cannot contain spaces (rename such files)"
             )
-        image_ids += words
+        image_ids += [strip_image_suffix(word) for word in words]
     if not image_ids:
         raise ValueError(f"image set {listing} is empty; list one image id per line")
     return image_ids
+
+
+def strip_image_suffix(image_id: str) -> str:
+    """``3384827.jpg`` -> ``3384827``: an id without its image suffix (:data:`data.base.IMAGE_SUFFIXES`, any case)."""
+    suffix = Path(image_id).suffix
+    return image_id[: -len(suffix)] if suffix and suffix.lower() in IMAGE_SUFFIXES else image_id
 
 
 def find_image(folder: Path, image_id: str) -> Path:
@@ -127,6 +180,8 @@ class VOCFormatDataset(DetectionDataset):
         sources: ``(folder, split)`` pairs; ``split`` names ``ImageSets/Main/<split>.txt``.
         class_names: foreground classes (matched case-insensitively to the XML ``<name>``).
         transform, keep_difficult, skip_bad, seed: see :class:`data.base.DetectionDataset`.
+        rename, drop: other annotation names that become a class, and those whose boxes are dropped (a preset's,
+            :class:`data.config.DatasetPreset`); any other name is an :class:`UnknownClassError`.
     """
 
     def __init__(
@@ -137,9 +192,11 @@ class VOCFormatDataset(DetectionDataset):
         keep_difficult: bool = False,
         skip_bad: bool = False,
         seed: int = 0,
+        rename: Sequence[tuple[str, str]] = (),
+        drop: Sequence[str] = (),
     ) -> None:
         super().__init__(class_names, transform, keep_difficult, skip_bad, seed)
-        self.class_index = {name.lower(): i for i, name in enumerate(self.class_names)}
+        self.class_index = annotation_labels(self.class_names, rename, drop)
         self._paths: list[Path] = []
         self._annotations: list[Annotation] = []
         for folder, split in sources:
@@ -148,12 +205,7 @@ class VOCFormatDataset(DetectionDataset):
     def _add_split(self, folder: Path, split: str) -> None:
         if not folder.is_dir():
             raise FileNotFoundError(f"dataset folder {folder} does not exist; check --dataset_root")
-        listing = folder / "ImageSets" / "Main" / f"{split}.txt"
-        if not listing.is_file():
-            raise FileNotFoundError(
-                f"image set {listing} does not exist; is {folder} a VOC-format folder with split {split!r}?"
-            )
-        image_ids = read_image_set(listing)
+        image_ids = read_image_set(image_set_file(folder, split))
         for image_id in image_ids:
             try:
                 image_path = find_image(folder, image_id)

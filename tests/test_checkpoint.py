@@ -285,14 +285,22 @@ def test_imagenet_bases_of_the_other_backbones(tmp_path: Path) -> None:
                           tmp_path / "mobilenet_v3_large-8738ca79.pth")  # fmt: skip
 
 
-def test_class_mapping_by_name() -> None:
-    from utils.checkpoint import DetectorInfo, class_mapping, require_classes
+def test_classes_are_matched_by_name() -> None:
+    from utils.checkpoint import DetectorInfo, match_classes, require_classes
 
-    assert class_mapping(("a", "b"), ("a", "b")) is None
-    assert class_mapping(("person", "unused_2", "car"), ("car", "person")).tolist() == [1, -1, 0]
-    with pytest.raises(ValueError, match="do not include the dataset's \\['dog'\\]"):
-        class_mapping(("person", "car"), ("car", "dog"))
+    assert match_classes(("a", "b"), ("a", "b")).to_dataset is None
+    coco = match_classes(("person", "unused_2", "car"), ("car", "person"))
+    assert coco.to_dataset.tolist() == [1, -1, 0] and coco.scored == ("car", "person")
+    assert coco.model_only == ("unused_2",) and coco.dataset_only == ()
+    # A model that lacks some of the dataset's classes is scored on those it has (case-insensitively, as
+    # annotations are read); the others are named, not scored.
+    partial = match_classes(("person", "Car"), ("car", "dog"))
+    assert partial.to_dataset.tolist() == [-1, 0] and partial.scored == ("car",) and partial.dataset_only == ("dog",)
+    with pytest.raises(ValueError, match="share no name"):
+        match_classes(("person", "car"), ("cat", "dog"))
     with torch.device("meta"):
         model = build_ssd(300, 3, width=0.125)
-    with pytest.raises(ValueError, match="m.pth was trained for 2 classes but the dataset has 3"):
-        require_classes(DetectorInfo(model.config, ("a", "b")), ("a", "b", "c"), "m.pth")
+    assert require_classes(DetectorInfo(model.config, ("a", "b")), ("a", "b", "c"), "m.pth").dataset_only == ("c",)
+    with pytest.raises(ValueError, match=r"m.pth was trained for 2 classes but the dataset has 3, and they share no "
+                                         r"class name \(model: a, b; dataset: c, d, e\)"):  # fmt: skip
+        require_classes(DetectorInfo(model.config, ("a", "b")), ("c", "d", "e"), "m.pth")

@@ -51,9 +51,10 @@ def recompute_batchnorm(model: nn.Module, loader: Iterable[Tensor], device: torc
 def adapt_batchnorm(
     model: SSD, info: DetectorInfo, root: str, batch_size: int, num_workers: int, device: torch.device
 ) -> int:
-    """AdaBN on a detector: :func:`recompute_batchnorm` on the test-time view (resized, not mirrored) of every image
-    of ``root``'s trainval split (a VOC-format folder; its annotations stay closed), in file order. train.py's
-    ``--da adabn`` calls it after every epoch, eval.py's ``--adabn`` before evaluating. Returns the images seen."""
+    """AdaBN on a detector: :func:`recompute_batchnorm` on the test-time view (resized, not mirrored) of each of
+    ``root``'s target images (:func:`data.unlabeled.target_images`; annotations stay closed), in file order.
+    train.py's ``--da adabn`` calls it after every epoch, eval.py's ``--adabn`` before evaluating. Returns the
+    images seen."""
     if not has_batchnorm(model):
         raise ValueError(f"AdaBN re-estimates BatchNorm statistics, and this {model.config.backbone} SSD has none")
     views = TargetViews(model.config.size, info.preprocess.mean, info.preprocess.std, ("weak",), flip=False)

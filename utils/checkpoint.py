@@ -350,38 +350,75 @@ def load_detector(
     return model.to(device).eval(), info
 
 
-def class_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> np.ndarray | None:
-    """How a detector's classes map to a dataset's, by name.
+def _listed(names: Sequence[str], limit: int = 10) -> str:
+    """``a, b, c`` (at most ``limit`` names, then how many more)."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
-    Returns:
-        None when the two lists are equal (labels are the dataset's); else int64 [C - 1], the dataset label of each
-        of the detector's classes, -1 for classes the dataset lacks: a torchvision COCO model, whose 90 classes are
-        COCO's category ids, scored on COCO's 80 classes.
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """How a detector's classes meet a dataset's, by name (case-insensitively, as annotations are read).
+
+    Args:
+        to_dataset: None when the two lists are equal (labels are the dataset's); else int64 [C - 1], the dataset
+            label of each of the detector's classes, -1 for a class the dataset lacks (its detections are dropped).
+        scored: the dataset's classes that the detector has, in the dataset's order: the classes evaluation scores.
+        model_only: the detector's classes the dataset lacks (a VOC model's 14 others on Watercolor2k).
+        dataset_only: the dataset's classes the detector lacks: not scored, and left out of the mean.
+    """
+
+    to_dataset: np.ndarray | None
+    scored: tuple[str, ...]
+    model_only: tuple[str, ...] = ()
+    dataset_only: tuple[str, ...] = ()
+
+    def describe(self) -> str | None:
+        """One line saying which classes are scored, or None when the detector's classes are the dataset's."""
+        if self.to_dataset is None:
+            return None
+        line = (
+            f"scored on the {len(self.scored)} classes the model and the dataset share by name: {_listed(self.scored)}"
+        )
+        if self.model_only:
+            line += f"; the model's {len(self.model_only)} other classes are not scored ({_listed(self.model_only)})"
+        if self.dataset_only:
+            line += (f"; the dataset's {len(self.dataset_only)} classes the model lacks are not scored and left out of "
+                     f"the mean ({_listed(self.dataset_only)})")  # fmt: skip
+        return line
+
+
+def match_classes(model_names: Sequence[str], dataset_names: Sequence[str]) -> ClassMatch:
+    """Map a detector's classes to a dataset's by name: a VOC model (20 classes) scored on Watercolor2k's 6, a
+    torchvision COCO model (90 category ids) on COCO's 80, a car-only model on Cityscapes' 8.
 
     Raises:
-        ValueError: a dataset class has no detector class of its name.
+        ValueError: the two share no class name.
     """
     if tuple(model_names) == tuple(dataset_names):
-        return None
-    missing = [name for name in dataset_names if name not in model_names]
-    if missing:
+        return ClassMatch(None, tuple(dataset_names))
+    label_of = {name.lower(): label for label, name in enumerate(dataset_names)}
+    to_dataset = np.array([label_of.get(name.lower(), -1) for name in model_names], dtype=np.int64)
+    found = set(to_dataset.tolist())
+    scored = tuple(name for label, name in enumerate(dataset_names) if label in found)
+    if not scored:
         raise ValueError(
-            f"the model's {len(model_names)} classes do not include the dataset's {missing[:3]}"
-            + (f" (and {len(missing) - 3} more)" if len(missing) > 3 else "")
+            f"the model's {len(model_names)} classes ({_listed(model_names)}) and the dataset's {len(dataset_names)} "
+            f"({_listed(dataset_names)}) share no name"
         )
-    label_of = {name: label for label, name in enumerate(dataset_names)}
-    return np.array([label_of.get(name, -1) for name in model_names], dtype=np.int64)
+    model_only = tuple(name for name, label in zip(model_names, to_dataset.tolist(), strict=True) if label < 0)
+    dataset_only = tuple(name for label, name in enumerate(dataset_names) if label not in found)
+    return ClassMatch(to_dataset, scored, model_only, dataset_only)
 
 
-def require_classes(info: DetectorInfo, class_names: Sequence[str], path: str | Path) -> None:
-    """Refuse a detector that does not detect every class of a dataset (by name; evaluation maps its classes to the
-    dataset's with :func:`class_mapping`)."""
+def require_classes(info: DetectorInfo, class_names: Sequence[str], path: str | Path) -> ClassMatch:
+    """How a detector's classes map to a dataset's (:func:`match_classes`); refuse one that shares none of them."""
     try:
-        class_mapping(info.class_names, class_names)
+        return match_classes(info.class_names, class_names)
     except ValueError:
         raise ValueError(
-            f"{path} was trained for {info.num_classes - 1} classes but the dataset has {len(class_names)}; "
-            "pick the matching --dataset or --classes"
+            f"{path} was trained for {info.num_classes - 1} classes but the dataset has {len(class_names)}, and they "
+            f"share no class name (model: {_listed(info.class_names)}; dataset: {_listed(class_names)}); pick the "
+            "matching --dataset or --classes"
         ) from None
 
 

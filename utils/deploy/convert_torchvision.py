@@ -18,7 +18,7 @@ inference.py apply from it, so that they give torchvision's detections on the sa
 * classes: all the head's logits go through the softmax, as in torchvision. A COCO model has 91 outputs: class
   ``c`` (1..90) is COCO category id ``c``, ten ids of which name no category. This project's 0-based label of a
   detection is ``c - 1`` (``class_names[c - 1]``: COCO's names by id, ``unused_<id>`` for the ten), and eval.py
-  scores such a model on COCO's 80 classes by name (``utils.checkpoint.class_mapping``).
+  scores such a model on COCO's 80 classes by name (``utils.checkpoint.match_classes``).
 
 this project -> torchvision (``--to torchvision``): vgg16 SSD300 (width 1.0, no BatchNorm) and mobilenet_v3_large
 SSDLite320 (width 1.0), the architectures torchvision has. The output is a plain state_dict for

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from data.base import DetectionDataset
-from utils.checkpoint import class_mapping
+from utils.checkpoint import match_classes
 from utils.evaluation.plots import plot_pr_curves
 from utils.evaluation.voc_eval import DEVKIT, IoUConvention, eval_detection_voc, voc_ap
 from utils.predict import PixelDetections, Predictor, predict_dataset
@@ -38,20 +38,30 @@ def evaluate(
     """Detect on ``dataset`` and score the detections.
 
     Args:
-        predictor: the model and its Detect. Its classes must be the dataset's, or include them by name: then its
-            detections of other classes are dropped and the rest relabelled (:func:`utils.checkpoint.class_mapping`).
+        predictor: the model and its Detect. Its classes are mapped to the dataset's by name
+            (:func:`utils.checkpoint.match_classes`): detections of classes the dataset lacks are dropped, and only
+            the classes both have are scored (a VOC model on Watercolor2k: its 6 classes of 20).
         dataset: test split whose transform is ``predictor.transform`` (fixed-size images).
         metric: ``voc07`` (11-point), ``voc12`` (area) or ``coco`` (needs a COCO dataset).
         convention: IoU convention of the VOC metrics (:data:`DEVKIT` or :data:`SSD_PYTORCH`).
 
     Returns:
-        ``{"metric", "map", "ap": {class: AP}, "missing_classes", "num_images", "num_detections",
-        "recall", "precision", "detections", "time_s"}``, plus ``"coco": {AP, AP50, ...}`` for COCO. ``map`` is
-        the VOC mAP or COCO's AP@[.5:.95]; ``time_s`` the seconds per stage (:func:`format_time`).
+        ``{"metric", "map", "ap": {class: AP}, "missing_classes", "classes", "num_images", "num_detections",
+        "recall", "precision", "detections", "time_s"}``, plus ``"coco": {AP, AP50, ...}`` for COCO. ``ap`` holds
+        the scored classes (the dataset's that the model has); ``classes`` says which those are: ``{"scored",
+        "model_only", "dataset_only"}``. ``map`` is the VOC mAP or COCO's AP@[.5:.95] over them; ``time_s`` the
+        seconds per stage (:func:`format_time`).
+
+    Raises:
+        ValueError: the model and the dataset share no class name, or COCO's metric is asked for a model that lacks
+            some of the dataset's classes (COCOeval averages over every category).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    to_dataset = class_mapping(predictor.runner.info.class_names, dataset.class_names)
+    match = match_classes(predictor.runner.info.class_names, dataset.class_names)
+    if metric == "coco" and match.dataset_only:
+        raise ValueError(f"--metric coco averages over every category, and the model lacks {list(match.dataset_only)}; "
+                         "score the classes it has with --metric voc07 or voc12")  # fmt: skip
     start = time.perf_counter()
     annotations = [dataset.pull_anno(i) for i in range(len(dataset))]  # read once: sizes here, ground truth below
     sizes = [(a.width, a.height) for a in annotations]
@@ -60,11 +70,14 @@ def evaluate(
     detections = predict_dataset(predictor, dataset, sizes, batch_size, num_workers, progress)
     predicted = time.perf_counter()
     stages = {stage: seconds - before[stage] for stage, seconds in predictor.speed.total_s().items()}
-    if to_dataset is not None:
-        detections = [relabel(found, to_dataset) for found in detections]
+    if match.to_dataset is not None:
+        detections = [relabel(found, match.to_dataset) for found in detections]
     names = list(dataset.class_names)
+    scored = [names.index(name) for name in match.scored]  # the dataset labels that are scored
     result: dict = {"metric": metric, "num_images": len(dataset), "detections": detections,
-                    "num_detections": int(sum(len(d["scores"]) for d in detections))}  # fmt: skip
+                    "num_detections": int(sum(len(d["scores"]) for d in detections)),
+                    "classes": {"scored": list(match.scored), "model_only": list(match.model_only),
+                                "dataset_only": list(match.dataset_only)}}  # fmt: skip
     if metric == "coco":
         from data.coco import COCODetection
         from utils.evaluation.coco_eval import coco_results, eval_coco
@@ -87,14 +100,16 @@ def evaluate(
             [a.boxes for a in annotations], [a.labels for a in annotations], [a.difficult for a in annotations],
             iou_thresh=iou_thresh, use_07_metric=metric == "voc07", num_classes=len(names), convention=convention,
         )  # fmt: skip
-        ap = voc["ap"]
+        # Only the classes the model has are scored: the others' ground truth would only add zeros to the mean.
+        ap = voc["ap"][scored]
+        recall, precision = [voc["recall"][c] for c in scored], [voc["precision"][c] for c in scored]
+        names = list(match.scored)
         # The area under the curve (VOC2010+) beside the 11-point AP, from the same curves: papers report either.
         area_ap = np.array([np.nan if np.isnan(a) else voc_ap(r, p, use_07_metric=False) if len(r) else 0.0
-                            for r, p, a in zip(voc["recall"], voc["precision"], ap, strict=True)])  # fmt: skip
-        area_map = float(np.nanmean(area_ap)) if np.isfinite(area_ap).any() else float("nan")
-        result.update(area_ap=dict(zip(names, area_ap.tolist(), strict=True)), area_map=area_map)
-        result.update(map=voc["map"], recall=voc["recall"], precision=voc["precision"],
-                      num_positives=dict(zip(names, voc["num_positives"].tolist(), strict=True)))  # fmt: skip
+                            for r, p, a in zip(recall, precision, ap, strict=True)])  # fmt: skip
+        result.update(area_ap=dict(zip(names, area_ap.tolist(), strict=True)), area_map=nan_mean(area_ap))
+        result.update(map=nan_mean(ap), recall=recall, precision=precision,
+                      num_positives=dict(zip(names, voc["num_positives"][scored].tolist(), strict=True)))  # fmt: skip
     result["ap"] = dict(zip(names, ap.tolist(), strict=True))
     result["missing_classes"] = [n for n, v in result["ap"].items() if np.isnan(v)]
     end = time.perf_counter()
@@ -103,6 +118,11 @@ def evaluate(
                         "images": predicted - read - stages["network"] - stages["detect"], "network": stages["network"],
                         "detect": stages["detect"], "metric": end - predicted}  # fmt: skip
     return result
+
+
+def nan_mean(values: np.ndarray) -> float:
+    """The mean of the finite values (a class without ground truth is nan and left out), nan when there is none."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def format_time(seconds: dict[str, float], num_workers: int) -> str:
@@ -148,8 +168,9 @@ def write_devkit_results(
 
 
 def save_outputs(out_dir: Path, result: dict, dataset: DetectionDataset, settings: dict) -> None:
-    names = list(dataset.class_names)
-    keys = ("metric", "map", "ap", "area_map", "area_ap", "missing_classes", "num_images", "num_detections", "time_s")
+    names = list(result["ap"])  # the scored classes
+    keys = ("metric", "map", "ap", "area_map", "area_ap", "missing_classes", "classes", "num_images", "num_detections",
+            "time_s")  # fmt: skip
     summary = {k: result[k] for k in keys if k in result}
     summary.update(settings=settings, **({"coco": result["coco"]} if "coco" in result else {}))
     (out_dir / "ap.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -168,6 +189,6 @@ def save_outputs(out_dir: Path, result: dict, dataset: DetectionDataset, setting
             list(result["ap"].values()),
             title=result["metric"],
         )
-    write_devkit_results(out_dir / "results", dataset.ids, result["detections"], names)
+    write_devkit_results(out_dir / "results", dataset.ids, result["detections"], list(dataset.class_names))
     if "coco_results" in result:
         (out_dir / "coco_results.json").write_text(json.dumps(result["coco_results"]))
