@@ -30,7 +30,7 @@ DA_BEST :=
 DA_BEST_NAME :=
 DA_EVAL := --dataset Shapes --dataset_root $(DA_DATA)/foggy --num_workers 2 --project $(DA)
 
-.PHONY: venv test demo demo-da demo-da-all bench clean
+.PHONY: venv test demo demo-da demo-da-all da-run da-table bench clean
 
 venv: $(STAMP)
 
@@ -57,9 +57,12 @@ demo: $(STAMP)
 	cp $(DEMO)/train1/results.png figures/demo_results.png
 	@echo "demo done: figures/demo.jpg, figures/demo.gif, figures/demo_results.png; runs in $(DEMO)/"
 
+# The labelled val split of the target (other scenes than trainval's and test's) is for choices; test is read for the table only.
+DA_DATA_CMD := $(PY) -m data.shapes --out $(DA_DATA) --overwrite --train 2000 --val 300 --test 300 --seed 0 --fog 0.02
+
 demo-da: $(STAMP)
 	rm -rf $(DA)
-	$(PY) -m data.shapes --out $(DA_DATA) --overwrite --train 2000 --test 300 --seed 0 --fog 0.02
+	$(DA_DATA_CMD)
 	$(PY) -m utils.figures grid --images "$(DA_DATA)/*/JPEGImages/test_00000[0-3].jpg" --columns 4 --cell 240 \
 		--out figures/foggy_shapes.jpg
 	$(PY) train.py $(DA_TRAIN) $(DA_CLEAN) --project $(DA) --name source_only
@@ -98,6 +101,30 @@ demo-da-all: $(STAMP)
 		"grl + mean_teacher=$(DA)/eval_grl_mean_teacher1" \
 		"grl + mean_teacher, then eval.py --adabn=$(DA)/eval_grl_mean_teacher_adabn1" \
 		"oracle=$(DA)/eval_oracle1" --out $(DA)/table_all.md
+
+# One configuration, one seed, of docs/domain_adaptation.md's seeded table: make da-run NAME=i3net FLAGS="--da i3net" SEED=1
+# Trains make demo-da's recipe, scores last.pth on the foggy test split as it is and after eval.py --adabn (and a mean
+# teacher's teacher.pth), and keeps each ap.json and the run's times under $(RESULTS)/<configuration>/. The oracle:
+# NAME=oracle FLAGS="--dataset_root $(DA_DATA)/foggy". make da-table builds the table from every kept ap.json.
+RESULTS := results/foggy_shapes
+SEED := 0
+da-run: $(STAMP)
+	@test -n "$(NAME)" || { echo 'usage: make da-run NAME=<configuration> FLAGS="<train.py flags>" SEED=<n>'; exit 2; }
+	test -f $(DA_DATA)/foggy/ImageSets/Main/val.txt || $(DA_DATA_CMD)
+	rm -rf $(DA)/$(NAME)_s$(SEED)1 $(DA)/eval_$(NAME)_s$(SEED)*
+	mkdir -p $(RESULTS)/$(NAME) $(RESULTS)/$(NAME)+adabn
+	/usr/bin/time -f "%e s wall, %U s user, %S s system" -o $(RESULTS)/$(NAME)/seed$(SEED).time \
+		$(PY) train.py $(DA_TRAIN) $(DA_CLEAN) $(FLAGS) --seed $(SEED) --project $(DA) --name $(NAME)_s$(SEED)
+	$(PY) eval.py --weights $(DA)/$(NAME)_s$(SEED)1/last.pth $(DA_EVAL) --name eval_$(NAME)_s$(SEED)
+	cp $(DA)/eval_$(NAME)_s$(SEED)1/ap.json $(RESULTS)/$(NAME)/seed$(SEED).json
+	$(PY) eval.py --weights $(DA)/$(NAME)_s$(SEED)1/last.pth --adabn $(DA_DATA)/foggy $(DA_EVAL) --name eval_$(NAME)_s$(SEED)_adabn
+	cp $(DA)/eval_$(NAME)_s$(SEED)_adabn1/ap.json $(RESULTS)/$(NAME)+adabn/seed$(SEED).json
+	if test -f $(DA)/$(NAME)_s$(SEED)1/teacher.pth; then mkdir -p $(RESULTS)/$(NAME)_teacher && \
+		$(PY) eval.py --weights $(DA)/$(NAME)_s$(SEED)1/teacher.pth $(DA_EVAL) --name eval_$(NAME)_s$(SEED)_teacher && \
+		cp $(DA)/eval_$(NAME)_s$(SEED)_teacher1/ap.json $(RESULTS)/$(NAME)_teacher/seed$(SEED).json; fi
+
+da-table: $(STAMP)
+	$(PY) -m utils.evaluation.compare --seeds $(RESULTS) --out $(RESULTS)/table.md
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -39,6 +39,9 @@ from layers.prior_box import PriorConfig, prior_boxes, prior_config
 # 75 -> 38 at SSD300 (SSD §2.1 keeps conv4_3 at 38x38).
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512)  # fmt: skip
 CONV4_3_INDEX = 10  # conv4_3 is the 10th convolution; its ReLU output is the first source layer.
+# conv3_2 is the 6th convolution: its ReLU output is ``vgg[:14]`` of ssd.pytorch's layout, where I3Net's local domain
+# classifier reads (czzbb/I3Net ssd_I3N.py:219-224, ``for k in range(14)`` then ``self.netD_pixel(grad_reverse(x))``).
+CONV3_2_INDEX = 6
 
 # Extra feature layers after fc7, as (out_channels, kernel, stride, padding); they alternate a 1x1
 # bottleneck and a 3x3 (or 4x4) layer whose output is a source layer (SSD Fig. 2).
@@ -229,6 +232,9 @@ class Backbone:
     base_file_key: str
     base_file_kind: str
     pixel_norm: str = "torchvision"
+    # The feature maps besides the sources that :meth:`sources` can hand out (``taps``): the alignment points of
+    # ``--swda`` and ``--da i3net``, which are VGG-16 layers.
+    tap_names: tuple[str, ...] = ()
 
     def has_batch_norm(self, batch_norm: bool) -> bool:
         """Whether a network of this backbone with ``ModelConfig.batch_norm == batch_norm`` has BatchNorm layers."""
@@ -269,8 +275,9 @@ class Backbone:
         """One prediction head: a source layer's features [B, in, H, W] -> [B, out, H, W]."""
         return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
-    def sources(self, model: SSD, x: Tensor) -> list[Tensor]:
-        """The feature maps the heads read, largest first."""
+    def sources(self, model: SSD, x: Tensor, taps: dict[str, Tensor] | None = None) -> list[Tensor]:
+        """The feature maps the heads read, largest first; ``taps`` (when given) receives the maps of
+        :attr:`tap_names`."""
         raise NotImplementedError
 
     def reset_parameters(self, model: SSD) -> None:
@@ -293,6 +300,7 @@ class VGG16(Backbone):
     base_file_key = "31.weight"
     base_file_kind = "VGG-16 in reduced-fc form"
     pixel_norm = "caffe"  # converted Caffe weights: BGR 0-255 minus the mean (104, 117, 123)
+    tap_names = ("conv3_2", "conv4_3")  # both after their ReLU; conv4_3 before L2Norm
 
     def base_module(self, model: SSD) -> nn.Module:
         return model.vgg
@@ -304,15 +312,25 @@ class VGG16(Backbone):
     def build(self, model: SSD, config: ModelConfig) -> list[int]:
         vgg, model._source_split = vgg_base(config.width, config.batch_norm)
         model.vgg = nn.ModuleList(vgg)
+        convs = [i for i, layer in enumerate(model.vgg) if isinstance(layer, nn.Conv2d)]
+        model._conv3_2_split = next(i for i in range(convs[CONV3_2_INDEX - 1], len(model.vgg))
+                                    if isinstance(model.vgg[i], nn.ReLU)) + 1  # fmt: skip
         conv4_3_channels = _out_channels(model.vgg[: model._source_split])
+        model.tap_channels = {"conv3_2": _out_channels(model.vgg[: model._conv3_2_split]), "conv4_3": conv4_3_channels}
         fc7_channels = _out_channels(model.vgg)
         model.L2Norm = L2Norm(conv4_3_channels, scale=20.0)
         model.extras = nn.ModuleList(extra_layers(config.size, fc7_channels, config.width, config.batch_norm))
         return [conv4_3_channels, fc7_channels] + [_out_channels(m) for m in model.extras[1::2]]
 
-    def sources(self, model: SSD, x: Tensor) -> list[Tensor]:
-        for layer in model.vgg[: model._source_split]:
+    def sources(self, model: SSD, x: Tensor, taps: dict[str, Tensor] | None = None) -> list[Tensor]:
+        for layer in model.vgg[: model._conv3_2_split]:
             x = layer(x)
+        if taps is not None:
+            taps["conv3_2"] = x
+        for layer in model.vgg[model._conv3_2_split : model._source_split]:
+            x = layer(x)
+        if taps is not None:
+            taps["conv4_3"] = x
         features = [model.L2Norm(x)]
         for layer in model.vgg[model._source_split :]:
             x = layer(x)
@@ -336,7 +354,7 @@ class StagedBackbone(Backbone):
     """A base network cut into stages (``model.base``) and extra blocks (``model.extras``); the output of every
     stage and every block is a source layer."""
 
-    def sources(self, model: SSD, x: Tensor) -> list[Tensor]:
+    def sources(self, model: SSD, x: Tensor, taps: dict[str, Tensor] | None = None) -> list[Tensor]:
         features = []
         for stage in model.base:
             x = stage(x)
@@ -567,9 +585,10 @@ class SSD(nn.Module):
         """The backbone's from-scratch initialisation (:meth:`Backbone.reset_parameters`)."""
         self.backbone.reset_parameters(self)
 
-    def sources(self, x: Tensor) -> list[Tensor]:
-        """The feature maps the heads read (vgg16: conv4_3 L2-normalised, fc7 and the extras' outputs)."""
-        return self.backbone.sources(self, x)
+    def sources(self, x: Tensor, taps: dict[str, Tensor] | None = None) -> list[Tensor]:
+        """The feature maps the heads read (vgg16: conv4_3 L2-normalised, fc7 and the extras' outputs); ``taps``,
+        when given, receives the backbone's other maps by name (:attr:`Backbone.tap_names`)."""
+        return self.backbone.sources(self, x, taps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Run the network.

@@ -78,15 +78,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--target_dataset", choices=sorted(DATASETS) + ["Custom"], default=None,
                        help="the target's dataset name (its classes must be the source's); default: --dataset")  # fmt: skip
     adapt.add_argument("--da", nargs="+", choices=DA_METHODS, default=None,
-                       help="methods: grl (adversarial alignment), mean_teacher (pseudo-labels), adabn (target "
-                            "BatchNorm statistics); grl and mean_teacher combine")  # fmt: skip
-    adapt.add_argument("--grl_weight", type=POSITIVE_FLOAT, default=AdaptationConfig.grl_weight, help="grl: weight of the domain loss, whose gradient the detector receives reversed (DA-Faster: 0.1)")  # fmt: skip
+                       help="methods: grl (adversarial alignment: DA-Faster, or SWDA with --swda), i3net (I3Net), "
+                            "mean_teacher (pseudo-labels), adabn (target BatchNorm statistics), target_bn (a "
+                            "control: target images through BatchNorm, no loss); mean_teacher combines with grl or "
+                            "i3net")  # fmt: skip
+    adapt.add_argument("--da_batch", choices=("separate", "joint"), default=AdaptationConfig.da_batch, help="source and target batches through separate forward passes, as the references do, or one joint (concatenated) pass")  # fmt: skip
+    adapt.add_argument("--grl_weight", type=POSITIVE_FLOAT, default=AdaptationConfig.grl_weight, help="grl: weight of the domain loss (default: DA-Faster's 0.1; with --swda, SWDA's 1.0 for Cityscapes)")  # fmt: skip
     adapt.add_argument("--grl_levels", type=POSITIVE_INT, default=AdaptationConfig.grl_levels, help="grl: image-level domain classifiers on this many source maps from conv4_3")  # fmt: skip
-    adapt.add_argument("--swda", action="store_true", help="grl: SWDA's local (conv4_3) and focal global (fc7) classifiers instead")  # fmt: skip
-    adapt.add_argument("--ema_decay", type=bounded(float, 0, 1, high_open=True), default=AdaptationConfig.ema_decay, help="mean_teacher: the teacher's EMA keep rate per step")  # fmt: skip
-    adapt.add_argument("--pseudo_threshold", type=bounded(float, 0, 1, high_open=True), default=AdaptationConfig.pseudo_threshold, help="mean_teacher: a teacher detection above this score is a pseudo-label (Adaptive Teacher: 0.7)")  # fmt: skip
+    adapt.add_argument("--swda", action="store_true", help="grl: SWDA's local (least squares, relu(conv3_2)) and global (focal, relu(conv4_3)) classifiers instead, where I3Net puts them on SSD")  # fmt: skip
+    adapt.add_argument("--grl_lambda", type=POSITIVE_FLOAT, default=AdaptationConfig.grl_lambda, help="grl, i3net: the gradient reversal's factor")  # fmt: skip
+    adapt.add_argument("--focal_gamma", type=NON_NEGATIVE_FLOAT, default=AdaptationConfig.focal_gamma, help="grl --swda: the global classifier's focal loss gamma (SWDA: 5)")  # fmt: skip
+    adapt.add_argument("--dcbr_weight", type=NON_NEGATIVE_FLOAT, default=AdaptationConfig.dcbr_weight, help="i3net: weight of the target's DCBR-weighted global domain loss (I3Net: 0.05)")  # fmt: skip
+    adapt.add_argument("--gcr_weight", type=NON_NEGATIVE_FLOAT, default=AdaptationConfig.gcr_weight, help="i3net: weight of DCBR's multi-label loss on the source (I3Net: 1)")  # fmt: skip
+    adapt.add_argument("--gf_weight", type=NON_NEGATIVE_FLOAT, default=AdaptationConfig.gf_weight, help="i3net: weight of RJCA's joint-feature loss (I3Net: 38)")  # fmt: skip
+    adapt.add_argument("--kl_weight", type=NON_NEGATIVE_FLOAT, default=AdaptationConfig.kl_weight, help="i3net: weight of RJCA's KL term between the --pa_layers maps (I3Net: 0.1)")  # fmt: skip
+    adapt.add_argument("--pa_layers", type=NON_NEGATIVE_INT, nargs=2, default=list(AdaptationConfig.pa_layers), help="i3net: the two source maps of COPM's prototypes and the KL term (I3Net: 1 3, fc7 and conv9_2)")  # fmt: skip
+    adapt.add_argument("--i3net_start", type=NON_NEGATIVE_INT, default=AdaptationConfig.i3net_start, help="i3net: DCBR's weights, COPM and the KL term apply after this many epochs (default: 2/7 of the run, I3Net's 20 of 70)")  # fmt: skip
+    adapt.add_argument("--ema_decay", type=bounded(float, 0, 1, high_open=True), default=AdaptationConfig.ema_decay, help="mean_teacher: the teacher's EMA keep rate per step (Adaptive Teacher: 0.9996)")  # fmt: skip
+    adapt.add_argument("--pseudo_threshold", type=bounded(float, 0, 1, high_open=True), default=AdaptationConfig.pseudo_threshold, help="mean_teacher: a teacher detection above this score is a pseudo-label (Adaptive Teacher's Cityscapes -> Foggy config: 0.8)")  # fmt: skip
     adapt.add_argument("--unsup_weight", type=NON_NEGATIVE_FLOAT, default=AdaptationConfig.unsup_weight, help="mean_teacher: weight of the pseudo-label loss")  # fmt: skip
-    adapt.add_argument("--burn_in", type=NON_NEGATIVE_INT, default=AdaptationConfig.burn_in, help="mean_teacher: source-only iterations before the teacher is copied from the student")  # fmt: skip
+    adapt.add_argument("--burn_in", type=NON_NEGATIVE_INT, default=AdaptationConfig.burn_in, help="mean_teacher: source-only iterations before the teacher is copied from the student (default: a fifth of the run, Adaptive Teacher's 20k of 100k)")  # fmt: skip
+    adapt.add_argument("--teacher_bn", choices=("train", "eval"), default=AdaptationConfig.teacher_bn, help="mean_teacher: the teacher's BatchNorm normalises each weak batch with its own statistics (train, Adaptive Teacher's) or uses its running ones (eval)")  # fmt: skip
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--end_epoch", "--epochs", dest="end_epoch", type=POSITIVE_INT, default=100)
     optim.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="global batch, split over processes")

@@ -35,7 +35,7 @@ from data.voc import write_voc_annotation
 MIN_SIZE, MAX_SIZE = 20, 150
 MAX_OBJECTS = 6
 MAX_COVERED = 0.25  # at most this fraction of the smaller of two boxes may lie under the other
-SPLITS = {"trainval": 0, "test": 1}
+SPLITS = {"trainval": 0, "test": 1, "val": 2}  # each split's images are drawn from a generator of their own
 
 # The fog scenes' ground plane, seen by a level camera (draw_scene). Depths are in metres; sizes in pixels.
 HORIZON = 0.3  # the horizon row, as a fraction of the image side from the top
@@ -301,13 +301,21 @@ def fog_airlight(seed: int, split: str, index: int) -> float:
 
 
 def generate(
-    out: str | Path, num_train: int, num_test: int, seed: int = 0, size: int = 300, fog: float | None = None
+    out: str | Path,
+    num_train: int,
+    num_test: int,
+    seed: int = 0,
+    size: int = 300,
+    fog: float | None = None,
+    num_val: int = 0,
 ) -> dict[str, int]:
     """Write the dataset under ``out``; returns the number of objects per class.
 
     Without ``fog``, one VOC folder of :func:`draw_sample` images. With ``fog`` (beta in 1/m), two folders with the
     same :func:`draw_scene` scenes, annotations and split files: ``out/clean`` and ``out/foggy`` (the scenes under
-    :func:`add_fog`), and ``out/fog.json`` with beta and the constants that made them.
+    :func:`add_fog`), and ``out/fog.json`` with beta and the constants that made them. ``num_val`` images of a
+    ``val`` split (other scenes than trainval's and test's): a labelled split of the target for a benchmark's
+    choices, so that the test split is read for the final table only.
     """
     out = Path(out)
     roots = [out] if fog is None else [out / "clean", out / "foggy"]
@@ -315,7 +323,9 @@ def generate(
         for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
             (root / sub).mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(SHAPES_CLASSES, 0)
-    for split, count in (("trainval", num_train), ("test", num_test)):
+    for split, count in (("trainval", num_train), ("test", num_test), ("val", num_val)):
+        if split == "val" and not count:
+            continue
         ids = []
         for index in range(count):
             rng = np.random.default_rng((seed, SPLITS[split], index))
@@ -419,6 +429,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     parser.add_argument("--train", type=NON_NEGATIVE_INT, default=2000, help="images in ImageSets/Main/trainval.txt")
     parser.add_argument("--test", type=NON_NEGATIVE_INT, default=300, help="images in ImageSets/Main/test.txt")
+    parser.add_argument("--val", type=NON_NEGATIVE_INT, default=0,
+                        help="images in ImageSets/Main/val.txt (a labelled split for choices; with --fog, the target's)")  # fmt: skip
     parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     parser.add_argument("--size", type=bounded(int, MAX_SIZE + 8, MAX_IMAGE_SIZE), default=300,
                         help="image side in pixels")  # fmt: skip
@@ -443,13 +455,13 @@ def main(args: argparse.Namespace) -> int:
                 "same-named files there"
             )
     if args.train or args.test:
-        counts = generate(args.out, args.train, args.test, args.seed, args.size, args.fog)
+        counts = generate(args.out, args.train, args.test, args.seed, args.size, args.fog, args.val)
         if args.fog is None:
             print(f"wrote {args.train} train and {args.test} test images to {args.out}; objects: {counts}")
         else:
             print(
-                f"wrote {args.train} train and {args.test} test images each to {out / 'clean'} and {out / 'foggy'} "
-                f"(fog beta {args.fog}, {out / 'fog.json'}); objects in each: {counts}"
+                f"wrote {args.train} train, {args.val} val and {args.test} test images each to {out / 'clean'} and "
+                f"{out / 'foggy'} (fog beta {args.fog}, {out / 'fog.json'}); objects in each: {counts}"
             )
     if args.video:
         print(f"wrote {write_video(args.video, args.frames, seed=args.seed)} ({args.frames} frames)")

@@ -1,16 +1,21 @@
 """Adversarial feature alignment for domain adaptation: the gradient reversal layer, the domain classifiers and
 their losses.
 
-A domain classifier learns to tell source features (domain label 0) from target features (label 1); the gradient
+A domain classifier learns to tell source features (domain 0) from target features (domain 1); the gradient
 reversal layer between it and the detector turns its gradient around, so the detector learns features on which
-the classifier fails (Ganin & Lempitsky, ICML 2015). Three classifiers are here:
+the classifier fails (Ganin & Lempitsky, ICML 2015). Each loss here scores one domain's batch: the methods run the
+source and the target through separate forward passes, as their reference code does.
 
 * :class:`ImageDomainClassifier`: DA-Faster's image-level classifier (Chen et al., CVPR 2018, §4.1): 1x1
   convolutions that classify every location of a feature map, trained with cross-entropy.
 * :class:`LocalDomainClassifier`: SWDA's strong local alignment (Saito et al., CVPR 2019, §3.2): 1x1
-  convolutions ending in a per-pixel sigmoid, trained with a least-squares loss, on a low-level map (conv4_3).
-* :class:`GlobalDomainClassifier`: SWDA's weak global alignment (§3.1): strided 3x3 convolutions, global
-  average pooling and one logit per image, trained with a focal loss that ignores easily classified images.
+  convolutions ending in a per-pixel sigmoid, trained with least squares (:func:`least_squares_loss`).
+* :class:`GlobalDomainClassifier`: SWDA's weak global alignment (§3.1): strided 3x3 convolutions with BatchNorm
+  and dropout, global average pooling and two logits per image, trained with the focal loss
+  (:func:`focal_loss`, SWDA) or a per-image weighted cross-entropy (:func:`weighted_domain_loss`, I3Net).
+
+The two SWDA classifiers have the layout that I3Net puts on SSD (czzbb/I3Net ssd_I3N.py:27-87), with their widths
+scaled with the network's.
 """
 
 from __future__ import annotations
@@ -36,6 +41,16 @@ def grad_reverse(x: Tensor, weight: float = 1.0) -> Tensor:
     return _GradientReversal.apply(x, weight)
 
 
+def full_precision(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 when it is (losses and statistics are never computed in half precision)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels`` of a full-width design at ``width`` (as the detector's own layers scale)."""
+    return max(1, int(round(channels * width)))
+
+
 class ImageDomainClassifier(nn.Module):
     """DA-Faster's image-level domain classifier: one domain logit per feature-map location.
 
@@ -53,75 +68,109 @@ class ImageDomainClassifier(nn.Module):
         return self.net(features)
 
     @staticmethod
-    def loss(logits: Tensor, domains: Tensor) -> Tensor:
-        """Binary cross-entropy averaged over images and locations.
+    def loss(logits: Tensor, domain: int) -> Tensor:
+        """Binary cross-entropy of one domain's batch, averaged over images and locations.
 
         Args:
             logits (Tensor[B, 1, H, W]): this classifier's output.
-            domains (Tensor[B]): 0 for a source image, 1 for a target image.
+            domain: 0 for a source batch, 1 for a target batch.
         """
-        labels = domains.to(logits.dtype).view(-1, 1, 1, 1).expand_as(logits)  # [B, 1, H, W]
-        return F.binary_cross_entropy_with_logits(logits, labels)
+        logits = full_precision(logits)
+        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(domain)))
 
 
 class LocalDomainClassifier(nn.Module):
-    """SWDA's local classifier: a domain probability per pixel, from three 1x1 convolutions (256, 128, 1 channels,
-    as in the paper's code).
+    """SWDA's local classifier: a domain probability per pixel, from three 1x1 convolutions without bias (256, 128
+    and 1 channels at full width; DA_Detection lib/model/faster_rcnn/vgg16_global_local.py:32-36, I3Net
+    ssd_I3N.py:30-35), initialised from N(0, 0.01) (ssd_I3N.py:49-51).
 
     Args:
-        in_channels: channels of the low-level map it classifies (conv4_3 for VGG-16).
-        hidden: channels of the first hidden convolution (the second has half as many).
+        in_channels: channels of the low-level map it classifies (VGG-16's relu(conv3_2)).
+        width: the network's width multiplier.
     """
 
-    def __init__(self, in_channels: int, hidden: int = 256) -> None:
+    def __init__(self, in_channels: int, width: float = 1.0) -> None:
         super().__init__()
+        hidden = (scaled(256, width), scaled(128, width))
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden // 2, 1, bias=False), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden // 2, 1, 1, bias=False),
+            nn.Conv2d(in_channels, hidden[0], 1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden[0], hidden[1], 1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden[1], 1, 1, bias=False),
         )  # fmt: skip
+        for module in self.net:
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.01)
 
     def forward(self, features: Tensor) -> Tensor:
-        """features (Tensor[B, in_channels, H, W]) -> domain logits (Tensor[B, 1, H, W])."""
+        """features (Tensor[B, in_channels, H, W]) -> domain logits (Tensor[B, 1, H, W]); the references' output
+        is their sigmoid."""
         return self.net(features)
 
-    @staticmethod
-    def loss(logits: Tensor, domains: Tensor) -> Tensor:
-        """SWDA eq. 3: the squared error of the per-pixel domain probability, averaged (least squares keeps the
-        gradient of well-aligned pixels small and stable)."""
-        labels = domains.to(logits.dtype).view(-1, 1, 1, 1)  # [B, 1, 1, 1], broadcast over the pixels
-        return ((logits.sigmoid() - labels) ** 2).mean()
+
+def least_squares_loss(logits: Tensor, domain: int) -> Tensor:
+    """SWDA eq. 3 for one domain's batch: the mean squared distance of the per-pixel domain probability from the
+    domain (DA_Detection trainval_net_global_local.py:212 ``torch.mean(out_d_pixel ** 2)`` for the source, :225
+    ``torch.mean((1 - out_d_pixel) ** 2)`` for the target; the 0.5 in front of each is the caller's).
+
+    Args:
+        logits (Tensor[B, 1, H, W]): :class:`LocalDomainClassifier`'s output.
+    """
+    return ((full_precision(logits).sigmoid() - domain) ** 2).mean()
 
 
 class GlobalDomainClassifier(nn.Module):
-    """SWDA's global classifier: three strided 3x3 convolutions with BatchNorm, global average pooling and a
-    linear layer: one domain logit per image.
+    """SWDA's global classifier as I3Net puts it on SSD (ssd_I3N.py:63-87): three stride-2 3x3 convolutions without
+    bias (256, 128, 128 channels at full width), each followed by BatchNorm, ReLU and dropout (p 0.5, while
+    training), global average pooling and a linear layer to two domain logits per image.
 
     Args:
-        in_channels: channels of the high-level map it classifies.
-        hidden: channels of its convolutions (SWDA: 512, then 128 for the linear layer's input).
-        gamma: the focal loss's focusing parameter (SWDA: 5).
+        in_channels: channels of the map it classifies (VGG-16's relu(conv4_3)).
+        width: the network's width multiplier.
+        dropout: the dropout probability (``F.dropout``'s default, 0.5, in both references).
     """
 
-    def __init__(self, in_channels: int, hidden: int = 512, gamma: float = 5.0) -> None:
+    def __init__(self, in_channels: int, width: float = 1.0, dropout: float = 0.5) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        widths = (scaled(256, width), scaled(128, width), scaled(128, width))
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
         channels = in_channels
-        for out in (hidden, hidden // 4, hidden // 4):
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
-                       nn.ReLU(inplace=True)]  # fmt: skip
+        for out in widths:
+            self.convs.append(nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False))
+            self.norms.append(nn.BatchNorm2d(out))
             channels = out
-        self.net = nn.Sequential(*layers)
-        self.fc = nn.Linear(channels, 1)
-        self.gamma = gamma
+        self.fc = nn.Linear(channels, 2)
+        self.dropout = dropout
 
     def forward(self, features: Tensor) -> Tensor:
-        """features (Tensor[B, in_channels, H, W]) -> domain logits (Tensor[B, 1])."""
-        return self.fc(self.net(features).mean(dim=(2, 3)))  # pooled [B, hidden // 4] -> [B, 1]
+        """features (Tensor[B, in_channels, H, W]) -> domain logits (Tensor[B, 2]: source, target)."""
+        x = features
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = F.dropout(F.relu(norm(conv(x))), p=self.dropout, training=self.training)
+        return self.fc(x.mean(dim=(2, 3)))  # pooled [B, C] -> [B, 2]
 
-    def loss(self, logits: Tensor, domains: Tensor) -> Tensor:
-        """SWDA eq. 5, the focal loss ``-(1 - p)^gamma log p`` of the true domain's probability p, averaged over
-        images: hard-to-classify (globally dissimilar) images dominate, easy ones barely count."""
-        labels = domains.to(logits.dtype).view(-1, 1)  # [B, 1]
-        log_p = -F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # log p of the true domain
-        return (-((1 - log_p.exp()) ** self.gamma) * log_p).mean()
+
+def focal_loss(logits: Tensor, domain: int, gamma: float) -> Tensor:
+    """SWDA eq. 5 for one domain's batch: ``-(1 - p)^gamma log p`` of the true domain's softmax probability p,
+    averaged over images (DA_Detection lib/model/utils/net_utils.py:150-178, alpha 1): hard-to-classify
+    (globally dissimilar) images dominate, easy ones barely count.
+
+    Args:
+        logits (Tensor[B, 2]): :class:`GlobalDomainClassifier`'s output.
+        gamma: the focusing parameter (SWDA: 5).
+    """
+    log_p = full_precision(logits).log_softmax(dim=1)[:, domain]  # [B]
+    return (-((1 - log_p.exp()) ** gamma) * log_p).mean()
+
+
+def weighted_domain_loss(logits: Tensor, domain: int, weights: Tensor) -> Tensor:
+    """I3Net's global domain loss for one domain's batch: the cross-entropy of the true domain, each image
+    weighted, averaged over images (czzbb/I3Net train_I3N.py:501-509, ``weight_ce_loss``: the softmax clamped to
+    [1e-6, 1] before the log).
+
+    Args:
+        logits (Tensor[B, 2]): :class:`GlobalDomainClassifier`'s output.
+        weights (Tensor[B]): per-image weights (I3Net's DCBR weights on the target, ones on the source).
+    """
+    p = full_precision(logits).softmax(dim=1).clamp(1e-6, 1)[:, domain]  # [B]
+    return (-weights * p.log()).mean()

@@ -80,6 +80,24 @@ def test_compare_tool_tables_eval_runs(tmp_path: Path) -> None:
         read_run(str(tmp_path / "one"))
 
 
+def test_compare_tool_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
+    from utils.evaluation.compare import read_seeds, seed_table
+
+    maps = {"source-only": [0.60, 0.64, 0.62], "i3net": [0.70]}
+    for config, values in maps.items():
+        (tmp_path / config).mkdir()
+        for seed, value in enumerate(values):
+            summary = {"metric": "voc07", "map": value, "ap": {"circle": value + 0.1, "star": value - 0.1}}
+            (tmp_path / config / f"seed{seed}.json").write_text(json.dumps(summary))
+    table = seed_table(read_seeds(tmp_path)).splitlines()
+    assert table[0] == "| configuration | seeds | circle | star | mAP (voc07) |"
+    # the sample standard deviation of 0.60, 0.64, 0.62 is 0.02; one seed gives its value alone
+    assert table[2] == "| i3net | 1 | 0.8000 | 0.6000 | 0.7000 |"
+    assert table[3] == "| source-only | 3 | 0.7200 ± 0.0200 | 0.5200 ± 0.0200 | 0.6200 ± 0.0200 |"
+    with pytest.raises(FileNotFoundError, match="seed"):
+        read_seeds(tmp_path / "i3net")
+
+
 def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], cwd=cwd, capture_output=True, text=True)
 

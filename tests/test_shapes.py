@@ -148,6 +148,14 @@ def test_fog_writes_paired_clean_and_foggy_folders(tmp_path: Path) -> None:
         assert (root / "JPEGImages/test_000001.jpg").read_bytes() == encoded
     assert np.abs(fogged.astype(int) - image).mean() > 10
     assert 1 <= len(boxes) == len(VOCFormatDataset([(clean, "test")], SHAPES_CLASSES)[1][1])
+    # A val split is other scenes, and adds nothing to the other splits.
+    generate(tmp_path / "with_val", 3, 2, seed=1, size=160, fog=0.02, num_val=2)
+    for split in ("trainval", "test"):
+        listing = f"ImageSets/Main/{split}.txt"
+        assert (tmp_path / "with_val" / "foggy" / listing).read_text() == (foggy / listing).read_text()
+    val = tmp_path / "with_val" / "foggy" / "JPEGImages"
+    assert (val / "val_000000.jpg").read_bytes() != (foggy / "JPEGImages/test_000000.jpg").read_bytes()
+    assert len(VOCFormatDataset([(tmp_path / "with_val" / "foggy", "val")], SHAPES_CLASSES)) == 2
     # The clean scenes do not depend on the fog: another beta writes the same clean folder.
     generate(tmp_path / "thinner", 3, 2, seed=1, size=160, fog=0.01)
     assert _tree_digest(tmp_path / "thinner" / "clean") == _tree_digest(clean)

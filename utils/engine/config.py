@@ -43,13 +43,23 @@ class TrainConfig:
     target_root: str | None
     target_dataset: str | None
     da: list[str] | None
-    grl_weight: float
+    da_batch: str
+    grl_weight: float | None  # None: the method's default
     grl_levels: int
     swda: bool
+    grl_lambda: float
+    focal_gamma: float
+    dcbr_weight: float
+    gcr_weight: float
+    gf_weight: float
+    kl_weight: float
+    pa_layers: list[int]
+    i3net_start: int | None  # None: 2/7 of the run
     ema_decay: float
     pseudo_threshold: float
     unsup_weight: float
-    burn_in: int
+    burn_in: int | None  # None: a fifth of the run
+    teacher_bn: str
     # optimisation
     end_epoch: int
     batch_size: int

@@ -49,6 +49,17 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def differentiable_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum over processes, with the gradient of the sum (identity without a process group). A loss built on such
+    sums is the same in every process; its gradient, summed back by the collective's backward and averaged by DDP,
+    is the gradient of one process holding every batch."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce  # differentiable collectives
+
+        return all_reduce(value)
+    return value
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -66,7 +77,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # differentiable collectives
 
-        x32 = x.float()  # statistics in float32 under bfloat16 autocast, as BatchNorm computes them
+        x32 = x if x.dtype == torch.float64 else x.float()  # float32 statistics under autocast, as BatchNorm
         local = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
         count = all_reduce(local)  # [1], elements per channel in the global batch
         mean = all_reduce(x32.sum(dim=(0, 2, 3))) / count  # [C]

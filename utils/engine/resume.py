@@ -18,9 +18,7 @@ from utils.checkpoint import (
     detector_info,
     read_checkpoint,
 )
-from utils.engine.adaptation import (
-    METHODS,
-)
+from utils.engine.adaptation import EXCLUSIVE, METHODS
 from utils.engine.config import TrainConfig
 from utils.engine.distributed import DistInfo
 from utils.transforms import PIXEL_NORMS
@@ -35,7 +33,8 @@ OPERATIONAL_ARGS = ("device", "num_workers", "verbose")
 
 # Arguments added since checkpoints were first written, with the value those checkpoints trained with where it
 # is not the new default: an older run resumes as it started.
-FORMER_DEFAULTS = {"crop_samplers": "ssd_pytorch"}
+# Checkpoints of earlier versions ran domain adaptation's two domains as one batch, with the teacher in eval mode.
+FORMER_DEFAULTS = {"crop_samplers": "ssd_pytorch", "da_batch": "joint", "teacher_bn": "eval"}
 # The flags that describe the network; fine-tuning takes them from a checkpoint that describes itself.
 ARCHITECTURE_FLAGS = ("backbone", "size", "priors", "width", "batch_norm")
 
@@ -179,20 +178,31 @@ def check_adaptation_flags(settings: TrainConfig, typed: frozenset[str]) -> None
     if target and not Path(target).is_dir():
         what = "is a file" if Path(target).exists() else "does not exist"
         raise ValueError(f"--target_root {target} {what}; give the target's VOC-format folder")
-    for method in METHODS.values():
-        for name in sorted(typed & set(method.flags)):
-            if method.name not in methods:
-                raise ValueError(f"--{name} is a setting of --da {method.name}, which this run does not use; drop it "
-                                 f"or add {method.name} to --da")  # fmt: skip
+    for name in sorted(typed & {flag for method in METHODS.values() for flag in method.flags}):
+        owners = [method.name for method in METHODS.values() if name in method.flags]
+        if not set(owners) & set(methods):
+            raise ValueError(f"--{name} is a setting of --da {' or '.join(owners)}, which this run does not use; drop "
+                             f"it or add {owners[0]} to --da")  # fmt: skip
     if settings.swda and "grl_levels" in typed:
-        raise ValueError("--swda places its classifiers on conv4_3 and fc7, so --grl_levels would be ignored; drop one")
-    if (
-        "adabn" in methods
-        and not BACKBONES[settings.backbone].has_batch_norm(settings.batch_norm)
-        and not settings.finetune
-    ):
-        raise ValueError(f"--da adabn re-estimates BatchNorm statistics, and a {settings.backbone} SSD has BatchNorm only "
-                         "with --batch_norm; add it, or pick another backbone")  # fmt: skip
+        raise ValueError("--swda places its classifiers on relu(conv3_2) and relu(conv4_3), so --grl_levels would be "
+                         "ignored; drop one")  # fmt: skip
+    if "focal_gamma" in typed and not settings.swda:
+        raise ValueError("--focal_gamma is the gamma of --swda's global classifier; add --swda or drop it")
+    for pair in EXCLUSIVE:
+        if set(pair) <= set(methods):
+            raise ValueError(f"--da {pair[0]} and {pair[1]} cannot share a run; pick one")
+    if (settings.swda or "i3net" in methods) and not BACKBONES[settings.backbone].tap_names:
+        raise ValueError(f"--swda and --da i3net align VGG-16's relu(conv3_2) and relu(conv4_3), which the "
+                         f"{settings.backbone} backbone does not have; use --da grl without --swda (DA-Faster's "
+                         "classifiers on the source maps), or --backbone vgg16")  # fmt: skip
+    for name in ("adabn", "target_bn"):
+        if (
+            name in methods
+            and not BACKBONES[settings.backbone].has_batch_norm(settings.batch_norm)
+            and not settings.finetune
+        ):
+            raise ValueError(f"--da {name} needs BatchNorm statistics, and a {settings.backbone} SSD has BatchNorm "
+                             "only with --batch_norm; add it, or pick another backbone")  # fmt: skip
 
 
 def check_train_flags(settings: TrainConfig, typed: frozenset[str]) -> None:

@@ -54,7 +54,9 @@ class RunLog:
         self.records.append(record)
         with (self.run_dir / "log.txt").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        columns = ("epoch", "iteration", "loss", *self.term_names, "lr", "images_per_s", "map", "target_map")
+        scores = ("map", "target_map", "teacher_map", "teacher_target_map")
+        columns = ("epoch", "iteration", "loss", *self.term_names, "lr", "images_per_s",
+                   *(c for c in scores if c in ("map", "target_map") or any(c in r for r in self.records)))  # fmt: skip
         rows = [",".join(columns)] + [
             ",".join("" if r.get(c) is None else str(r.get(c)) for c in columns) for r in self.records
         ]

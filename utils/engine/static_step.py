@@ -173,7 +173,7 @@ class StaticTrainStep:
         # No cast cache: cached weight casts must not outlive a capture (PyTorch's CUDA-graph notes on autocast).
         autocast = torch.autocast(self.device.type, self.amp_dtype, self.amp_dtype is not None, cache_enabled=False)
         targets = PaddedTargets(truths, labels, valid)
-        terms, _, _ = batch_losses(self.model, self.criterion, self.model.priors, images, targets, autocast)
+        terms = batch_losses(self.model, self.criterion, self.model.priors, images, targets, autocast)
         apply_update(terms["loss_l"] + terms["loss_c"], self.optimizer, self.scaler, self.max_grad_norm)
         return torch.stack([terms["loss_l"].detach(), terms["loss_c"].detach()])
 

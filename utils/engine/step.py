@@ -6,9 +6,9 @@ Its variants plug into these two functions instead of holding copies of them:
   non-finite values before the update, and float16 losses are scaled against underflow (``GradScaler``);
 - ``utils.engine.static_step.StaticTrainStep`` (``--cuda_graph``) runs the same two functions with every shape fixed
   (targets padded, :class:`PaddedTargets`) and records them as a CUDA graph;
-- a domain adaptation method (``utils.engine.adaptation.DomainAdaptation``) plugs into the eager step: its
-  ``losses`` prepares the batch (target views, a teacher's pseudo-labels), calls :func:`batch_losses` on it and adds
-  its own terms; its ``after_step`` hook runs after each update.
+- a domain adaptation method (``utils.engine.adaptation.DomainAdaptation``) plugs into the eager step in place of
+  :func:`batch_losses`: its ``losses`` runs the source and the target batch (and a teacher) and returns MultiBoxLoss
+  on the source with its own terms; its ``after_step`` hook runs after each update.
 """
 
 from __future__ import annotations
@@ -39,36 +39,27 @@ def batch_losses(
     images: Tensor,
     targets: list[Tensor] | PaddedTargets,
     autocast: torch.autocast,
-    **forward_kwargs: Tensor,
-) -> tuple[LossTerms, Tensor, Tensor]:
-    """The network's forward on ``images`` under ``autocast`` and MultiBoxLoss on its labeled images.
+) -> LossTerms:
+    """The network's forward on ``images`` under ``autocast`` and MultiBoxLoss on them.
 
     Args:
-        net: the detector, or a module around it (DDP, the domain classifiers) that returns ``(loc_preds,
-            conf_preds)`` or ``(loc_preds, conf_preds, loss_domain)``.
+        net: the detector, possibly DDP-wrapped.
         priors (Tensor[P, 4]): cxcywh.
-        images (Tensor[B, 3, S, S]): the labeled images first; any after them are unlabeled.
-        targets: one Tensor[N_i, 5] per labeled image (``data.base``'s format), or the whole batch's targets padded
-            (:class:`PaddedTargets`: every image labeled, no host synchronisation in the loss).
-        forward_kwargs: passed to ``net`` (the domain labels of an adversarial network).
+        images (Tensor[B, 3, S, S]): the labeled images.
+        targets: one Tensor[N_i, 5] per image (``data.base``'s format), or the batch's targets padded
+            (:class:`PaddedTargets`: no host synchronisation in the loss).
 
     Returns:
-        The terms ``loss_l`` and ``loss_c`` (and ``loss_domain`` when ``net`` returns it), and the float32
-        ``loc_preds`` [B_u, P, 4] and ``conf_preds`` [B_u, P, C] of the B_u unlabeled images.
+        The terms ``loss_l`` and ``loss_c``.
     """
     with autocast:
-        outputs = net(images, **forward_kwargs)
-    loc_preds, conf_preds = outputs[0].float(), outputs[1].float()  # [B, P, 4], [B, P, C]
+        loc_preds, conf_preds = net(images)
+    loc_preds, conf_preds = loc_preds.float(), conf_preds.float()  # [B, P, 4], [B, P, C]
     if isinstance(targets, PaddedTargets):
-        labeled = targets.truths.shape[0]
         loss_l, loss_c = criterion.forward_padded(loc_preds, conf_preds, priors, *targets)
     else:
-        labeled = len(targets)
-        loss_l, loss_c = criterion(loc_preds[:labeled], conf_preds[:labeled], priors, targets)
-    terms = {"loss_l": loss_l, "loss_c": loss_c}
-    if len(outputs) == 3:
-        terms["loss_domain"] = outputs[2]
-    return terms, loc_preds[labeled:], conf_preds[labeled:]
+        loss_l, loss_c = criterion(loc_preds, conf_preds, priors, targets)
+    return {"loss_l": loss_l, "loss_c": loss_c}
 
 
 def apply_update(
@@ -166,7 +157,7 @@ class TrainStep:
         targets = [t.to(self.device, non_blocking=True) for t in targets]
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         if self.adaptation is None:
-            terms = batch_losses(self.net, self.criterion, self.detector.priors, images, targets, autocast)[0]
+            terms = batch_losses(self.net, self.criterion, self.detector.priors, images, targets, autocast)
         else:
             terms = self.adaptation.losses(self.net, self.criterion, images, targets, target_views, iteration, autocast)
         parts = list(terms.values())

@@ -30,10 +30,7 @@ from utils.checkpoint import (
     detector_info,
     save_checkpoint,
 )
-from utils.engine.adaptation import (
-    AdaptationConfig,
-    DomainAdaptation,
-)
+from utils.engine.adaptation import AdaptationConfig, DomainAdaptation, RunLength
 from utils.engine.builders import (
     build_model,
     build_optimizer,
@@ -94,8 +91,10 @@ class Trainer:
         self.dataset, self.sampler, self.loader = build_train_loader(settings, self.preset, self.info, dist, device)
         self.steps_per_epoch = len(self.dataset) // settings.batch_size
         self.target_preset = target_preset(settings, self.preset) if settings.target_root else None
+        self.epochs, schedule = resolve_schedule(settings, len(self.dataset), self.steps_per_epoch)
         config = AdaptationConfig.from_settings(settings)
-        self.adaptation = DomainAdaptation(config, self.model) if config.methods else None
+        length = RunLength(self.steps_per_epoch, self.epochs)
+        self.adaptation = DomainAdaptation(config, self.model, length, settings.seed) if config.methods else None
         self.target_sampler, self.target_loader = (None, None)
         if config.views:
             self.target_sampler, self.target_loader = build_target_loader(settings, self.info, config.views, dist, device)
@@ -107,7 +106,6 @@ class Trainer:
         if self.adaptation is not None:
             parameters += list(self.adaptation.parameters())
         self.optimizer = build_optimizer(settings, parameters)
-        self.epochs, schedule = resolve_schedule(settings, len(self.dataset), self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor)
         graphed = settings.cuda_graph
         self.amp_dtype = training_precision(settings.amp, graphed, device)
@@ -138,7 +136,11 @@ class Trainer:
         self.test_dataset = self.build_test_dataset(self.preset, settings.dataset_root) if evaluates else None
         self.target_test_dataset = None
         if evaluates and self.target_preset is not None:
-            self.target_test_dataset = self.build_test_dataset(self.target_preset, settings.target_root)
+            # The target's labelled val split where it has one: choices made during training never read its test split.
+            has_val = (Path(settings.target_root) / "ImageSets" / "Main" / "val.txt").is_file()
+            logger.info("the target is scored on its %s split during training", "val" if has_val else "test")
+            self.target_test_dataset = self.build_test_dataset(self.target_preset, settings.target_root,
+                                                               "val" if has_val else None)  # fmt: skip
         self.stop_requested = False
         self.run_dir: Path | None = None
         self.log: RunLog | None = None
@@ -148,10 +150,10 @@ class Trainer:
             self.log.write_args(settings.to_dict())
             self.log.resume(self.epoch)
 
-    def build_test_dataset(self, preset: DatasetPreset, root: str) -> DetectionDataset | None:
+    def build_test_dataset(self, preset: DatasetPreset, root: str, image_set: str | None = None) -> DetectionDataset | None:
         try:
             transform = self.info.preprocess.transform(self.info.config.size)
-            return build_dataset(preset, root, "test", transform)
+            return build_dataset(preset, root, "test", transform, image_set)
         except (FileNotFoundError, ValueError) as error:
             logger.warning("no evaluation on %s during training: %s", root, error)
             return None
@@ -197,6 +199,13 @@ class Trainer:
         save_checkpoint(path, self.model, self.info, **self.training_state())
         return path
 
+    def save_teacher(self) -> None:
+        """A mean teacher's weights as a detector checkpoint of its own, ``teacher.pth`` (eval.py, inference.py and
+        export read it as any checkpoint; ``last.pth`` keeps it too, for ``--resume``)."""
+        teacher = self.adaptation.teacher if self.adaptation is not None else None
+        if self.run_dir is not None and teacher is not None:
+            save_checkpoint(self.run_dir / "teacher.pth", teacher, self.info, epoch=self.epoch, iteration=self.iteration)
+
     def train_step(
         self, images: torch.Tensor, targets: list[torch.Tensor], target_views: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -220,7 +229,7 @@ class Trainer:
             )
 
     def train_epoch(self, bar: tqdm | None) -> dict:
-        self.model.train()
+        (self.adaptation.network() if self.adaptation is not None else self.model).train()
         self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.loader.batch_size)
         start, steps_this_run = time.perf_counter() - self.epoch_time, 0
         target_batches = self.target_batches()
@@ -284,15 +293,22 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """The source test split's ``map`` and ``ap`` (best.pth is chosen on them) and, with ``--target_root``, the
-        target test split's ``target_map`` and ``target_ap`` (reported only: the target's labels choose nothing)."""
+        target's ``target_map`` and ``target_ap`` (reported only: the target's labels choose nothing), on its labelled
+        ``val`` split where it has one (ImageSets/Main/val.txt), else on its test split.
+        A mean teacher is scored too (``teacher_map``, ``teacher_target_map``, ...), as Adaptive Teacher scores
+        both (adapteacher/engine/trainer.py:767-783)."""
         metric = self.settings.eval_metric or default_metric(self.preset.name)
-        predictor = Predictor.for_model(self.model, self.info)
+        teacher = self.adaptation.teacher if self.adaptation is not None else None
         scores = {}
-        for prefix, dataset in (("", self.test_dataset), ("target_", self.target_test_dataset)):
-            if dataset is not None:
-                result = evaluate(predictor, dataset, self.settings.eval_batch_size, self.settings.num_workers, metric,
-                                  progress=False)  # fmt: skip
-                scores.update({f"{prefix}map": result["map"], f"{prefix}ap": result["ap"]})
+        for model, name in ((self.model, ""), (teacher, "teacher_")):
+            if model is None:
+                continue
+            predictor = Predictor.for_model(model, self.info)
+            for prefix, dataset in (("", self.test_dataset), ("target_", self.target_test_dataset)):
+                if dataset is not None:
+                    result = evaluate(predictor, dataset, self.settings.eval_batch_size, self.settings.num_workers,
+                                      metric, progress=False)  # fmt: skip
+                    scores.update({f"{name}{prefix}map": result["map"], f"{name}{prefix}ap": result["ap"]})
         return scores
 
     def end_epoch(self, record: dict) -> None:
@@ -306,11 +322,14 @@ class Trainer:
             self.save("best.pth")
         if self.epoch % self.settings.save_period == 0 or finished:
             self.save("last.pth")
+            self.save_teacher()
         self.log.add_epoch(record)
         terms = ", ".join(f"{name[5:]} {record[name]:.4f}" for name in self.term_names)
         message = f"epoch {record['epoch']}/{self.epochs}: loss {record['loss']:.4f} ({terms}), {record['images_per_s']:.1f} img/s"
         message += f", mAP {mean_ap:.4f}" if mean_ap is not None else ""
-        logger.info(message + (f", target mAP {record['target_map']:.4f}" if "target_map" in record else ""))
+        message += f", target mAP {record['target_map']:.4f}" if "target_map" in record else ""
+        logger.info(message + (f", teacher target mAP {record['teacher_target_map']:.4f}"
+                               if "teacher_target_map" in record else ""))  # fmt: skip
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """SIGINT handler: the first Ctrl-C asks the loop to save and stop after the current step (raising from a
@@ -343,6 +362,8 @@ class Trainer:
             while self.epoch < self.epochs:
                 # An epoch whose steps all ran before a Ctrl-C has no step left here, only its end-of-epoch work.
                 record = self.train_epoch(bar)
+                if self.adaptation is not None:
+                    self.adaptation.end_epoch()
                 self.reestimate_batchnorm()
                 self.next_epoch()
                 epochs_this_run += 1
