@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adabn", default=None, metavar="DIR",
                         help="AdaBN: first re-estimate the BatchNorm statistics on the target domain's images in DIR: "
-                             "a VOC-format folder's trainval split (or train + val), or every image of a plain folder "
+                             "a VOC-format folder's trainval split (or its train split), or every image of a plain folder "
                              "(annotations are not read)")  # fmt: skip
     add_detect_flags(parser)
     parser.add_argument("--batch_size", type=POSITIVE_INT, default=32, help="images per forward pass")

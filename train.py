@@ -32,8 +32,8 @@ from utils.cli import (
     make_parser,
     run_cli,
 )
-from utils.engine.adaptation import DA_METHODS, AdaptationConfig
 from utils.engine.config import TrainConfig
+from utils.engine.da_config import DA_METHODS, AdaptationConfig
 from utils.engine.distributed import cleanup, init_distributed
 from utils.engine.resume import resolve_run
 from utils.engine.trainer import NonFiniteLossError, Trainer
@@ -73,10 +73,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "(or converted from torchvision) brings its network, preprocessing and test settings")  # fmt: skip
     adapt = parser.add_argument_group("domain adaptation (docs/domain_adaptation.md, 'Domain adaptation')")
     adapt.add_argument("--target_root", default=None,
-                       help="VOC-format folder of the unlabeled target domain: its trainval images (annotations never "
-                            "read) feed --da, and its test split is evaluated beside the source's")  # fmt: skip
+                       help="the unlabeled target domain's images: a VOC-format folder (its trainval images, or its "
+                            "train images without a trainval.txt; annotations never read) or any folder of images; they "
+                            "feed --da, and a VOC-format target's val split (else its test split) is scored beside the "
+                            "source's")  # fmt: skip
     adapt.add_argument("--target_dataset", choices=sorted(DATASETS) + ["Custom"], default=None,
-                       help="the target's dataset name (its classes must be the source's); default: --dataset")  # fmt: skip
+                       help="the target's dataset name (it must share classes with the source; they are scored by name); "
+                            "default: --dataset")  # fmt: skip
     adapt.add_argument("--da", nargs="+", choices=DA_METHODS, default=None,
                        help="methods: grl (adversarial alignment: DA-Faster, or SWDA with --swda), i3net (I3Net), "
                             "mean_teacher (pseudo-labels), adabn (target BatchNorm statistics), target_bn (a "

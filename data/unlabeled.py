@@ -26,12 +26,12 @@ ViewTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 # The split of a target folder whose images adaptation reads: the unlabeled training images (Foggy Cityscapes train
-# is the converter's trainval split). A VOC-format folder without trainval.txt gives its train.txt and val.txt
-# (trainval is VOC's name for the two together): Clipart1k, Watercolor2k and Comic2k ship train.txt and test.txt
-# only (naoto0804/cross-domain-detection datasets/README.md:36), and their train split is the target images of
-# czzbb/I3Net (data/water.py:97 image_sets=[('2007', 'train')], likewise cliaprt.py:95 and comic.py:97).
+# is the converter's trainval split). A VOC-format folder without trainval.txt gives its train.txt: Clipart1k,
+# Watercolor2k and Comic2k ship train.txt and test.txt only (naoto0804/cross-domain-detection datasets/README.md:36),
+# and their train split is the target images of czzbb/I3Net (data/water.py:97 image_sets=[('2007', 'train')],
+# likewise cliaprt.py:95 and comic.py:97). A val.txt is never read: it is the labelled split that training scores.
 TARGET_SPLIT = "trainval"
-TRAINVAL_PARTS = ("train", "val")
+TRAINVAL_PARTS = ("train",)
 
 
 def folder_images(folder: Path) -> list[Path]:
@@ -50,7 +50,7 @@ def target_images(folder: Path, split: str) -> list[Path]:
     """The images of ``folder``'s ``split``.
 
     - A VOC-format folder (it has ``ImageSets/Main/``): the ids of ``<split>.txt`` in ``JPEGImages/``; for
-      ``trainval`` where the folder has no trainval.txt, those of its train.txt and val.txt.
+      ``trainval`` where the folder has no trainval.txt, those of its train.txt (its val.txt is scored, never adapted to).
     - Any other folder: every image file under it (:func:`folder_images`), whatever ``split``.
 
     Raises:

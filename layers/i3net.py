@@ -19,7 +19,7 @@ at :286), so its target forward overwrites the source's and the cross-domain ter
 
 Batch statistics (class means, the joint feature's batch mean) take a ``total`` function: the identity in one
 process, a differentiable all-reduce sum under DistributedDataParallel, so that N processes compute the statistics
-of their whole batch, as the reference's single DataParallel process does.
+of their whole batch, as the reference does on one GPU.
 
 Shapes: a prediction map of ``A`` priors per location is ``[B, H*W*A, C]`` (the layer's slice of the detector's
 ``conf_preds``; location-major, as ssd.pytorch's ``permute(0, 2, 3, 1)``), C counting the background.

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
 from ssd import build_ssd  # noqa: E402
-from utils.engine.adaptation import AdaptationConfig, DomainAdaptation, RunLength  # noqa: E402
+from utils.engine.adaptation import DomainAdaptation  # noqa: E402
+from utils.engine.da_config import AdaptationConfig, RunLength  # noqa: E402
 from utils.engine.distributed import all_reduce_sum, convert_sync_batchnorm  # noqa: E402
 
 

@@ -29,20 +29,16 @@ from layers.domain import (
     least_squares_loss,
     weighted_domain_loss,
 )
+from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests.test_train import args_for, losses, run_main
 from utils.adabn import adapt_batchnorm, recompute_batchnorm
 from utils.augmentations import SSDAugmentation, TargetViews
 from utils.checkpoint import load_detector, read_checkpoint
 from utils.cli import parse_args, run_cli
-from utils.engine.adaptation import (
-    AdaptationConfig,
-    DomainAdaptation,
-    RunLength,
-    ema_update,
-    pseudo_labels,
-)
+from utils.engine.adaptation import DomainAdaptation, ema_update, pseudo_labels
 from utils.engine.config import TrainConfig
+from utils.engine.da_config import AdaptationConfig, RunLength
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,6 +210,51 @@ def test_ema_update_formula() -> None:
             assert torch.equal(value, theirs)  # the batch count is copied
 
 
+def mean_teacher_step(teacher_bn: str = "train") -> tuple[DomainAdaptation, dict, list, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_ssd(300, 5, "VOC", 0.125, True)
+    config = AdaptationConfig(("mean_teacher",), burn_in=0, pseudo_threshold=0.2, teacher_bn=teacher_bn)
+    da = DomainAdaptation(config, model, RunLength(2, 7))
+    images, views = torch.randn(2, 3, 300, 300), torch.randn(2, 2, 3, 300, 300)
+    targets = [torch.tensor([[0.1, 0.1, 0.5, 0.5, 1.0]]), torch.tensor([[0.2, 0.3, 0.6, 0.9, 3.0]])]
+    terms = da.losses(da.network(), MultiBoxLoss(5), images, targets, views, 0, torch.autocast("cpu", enabled=False))
+    return da, terms, targets, images, views
+
+
+def test_the_teacher_stays_frozen_and_follows_the_student_by_ema_only() -> None:
+    da, terms, _, _, _ = mean_teacher_step()
+    teacher = da.teacher
+    assert teacher is not None and all(not p.requires_grad for p in teacher.parameters())
+    optimizer = torch.optim.SGD(da.detector.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    optimizer.step()
+    da.after_step()
+    for key, value in teacher.state_dict().items():
+        student = da.detector.state_dict()[key]
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.9996 * before[key] + 0.0004 * student)
+
+
+def test_pseudo_labels_train_classification_only() -> None:
+    """No box loss on pseudo-labels: the student's target loc predictions get no gradient from loss_unsup."""
+    da, terms, _, _, _ = mean_teacher_step()
+    assert terms["loss_unsup"].item() > 0
+    loc_heads = [p for head in da.detector.loc for p in head.parameters()]
+    conf_heads = [p for head in da.detector.conf for p in head.parameters()]
+    grads = torch.autograd.grad(terms["loss_unsup"], loc_heads + conf_heads, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads[: len(loc_heads)])
+    assert any(g is not None and g.any() for g in grads[len(loc_heads) :])
+
+
+@pytest.mark.parametrize("teacher_bn", ["train", "eval"])
+def test_teacher_batchnorm_mode(teacher_bn: str) -> None:
+    # Adaptive Teacher never calls .eval() on its teacher: its BatchNorm normalises each weak batch by itself.
+    da, _, _, _, _ = mean_teacher_step(teacher_bn)
+    assert da.teacher.training == (teacher_bn == "train")
+
+
 def test_pseudo_labels_keep_scores_strictly_above_the_threshold() -> None:
     priors = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9]])
     loc = torch.zeros(1, 3, 4)
@@ -249,7 +290,8 @@ def test_adabn_refuses_a_network_without_batchnorm() -> None:
 @pytest.mark.parametrize(
     "methods",
     [["grl"], ["grl", "--swda"], ["i3net", "--i3net_start", "0"], ["mean_teacher", "--burn_in", "1"], ["adabn"],
-     ["target_bn"], ["grl", "--da_batch", "joint"]],
+     ["target_bn"], ["grl", "--da_batch", "joint"], ["i3net", "--i3net_start", "0", "--amp"],
+     ["grl", "--swda", "--amp"]],
 )  # fmt: skip
 def test_short_da_runs(domains: tuple[Path, Path], tmp_path: Path, methods: list[str]) -> None:
     source, target = domains
@@ -304,7 +346,7 @@ def free_port() -> int:
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
 
 
 @pytest.mark.parametrize("methods", [("grl", "separate"), ("grl", "joint"), ("i3net,mean_teacher", "separate")])
@@ -355,7 +397,8 @@ def test_da_checkpoint_loads_in_eval_and_inference(domains: tuple[Path, Path], t
         (("--target_dataset", "Shapes"), "give --target_root too"),
         (("--target_root", "TARGET", "--da", "grl", "--swda", "--grl_levels", "3"), "--grl_levels would be ignored"),
         (("--target_root", "TARGET/classes.txt", "--da", "grl"), "is a file"),
-        (("--target_root", "TARGET", "--da", "adabn"), "only with --batch_norm"),
+        (("--target_root", "TARGET", "--da", "adabn"), "without --batch_norm has none"),
+        (("--target_root", "TARGET", "--da", "target_bn", "--da_batch", "joint"), "add grl to --da"),
         (("--target_root", "TARGET", "--da", "grl", "i3net"), "cannot share a run"),
         (("--target_root", "TARGET", "--da", "grl", "--focal_gamma", "2"), "add --swda"),
         (("--target_root", "TARGET", "--da", "mean_teacher", "--dcbr_weight", "2"), "add i3net to --da"),
@@ -371,6 +414,14 @@ def test_da_flag_errors(
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error and len(error.strip().splitlines()) == 1, error
     assert not list(tmp_path.glob("exp*"))
+
+
+def test_grl_trains_a_non_vgg_backbone(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    # DA-Faster's classifiers read the source maps, which every backbone has (--swda and i3net refuse other backbones).
+    source, target = domains
+    lite = ("--backbone", "mobilenet_v3_large", "--width", "0.25", "--no_channels_last", "--end_epoch", "1")
+    assert run_main(args_for(source, tmp_path, *lite, "--target_root", str(target), "--da", "grl")) == 0
+    assert read_checkpoint(tmp_path / "exp1" / "last.pth")["adaptation"]["parts"]
 
 
 def test_training_scores_the_targets_val_split_where_it_has_one(

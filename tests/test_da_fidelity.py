@@ -2,6 +2,8 @@
 classifiers and Adaptive Teacher's EMA, against the plain restatements in tests/reference_da.py (same weights, same
 inputs: the same values and the same gradients), and the gradient reversal through the whole AdaptiveSSD."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,8 +30,9 @@ from layers.i3net import (
 from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
 from tests import reference_da as ref
-from utils.engine import adaptation
-from utils.engine.adaptation import AdaptationConfig, DomainAdaptation, RunLength, ema_update
+from utils.engine import adaptive_ssd
+from utils.engine.adaptation import DomainAdaptation, ema_update
+from utils.engine.da_config import AdaptationConfig, RunLength
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -179,10 +182,12 @@ def i3net_setup(start: int) -> tuple[DomainAdaptation, list[torch.Tensor], torch
     return da, targets, torch.randn(2, 3, 300, 300), torch.randn(2, 1, 3, 300, 300)
 
 
-def test_i3net_terms_are_the_reference_composition_of_its_outputs() -> None:
-    """train_I3N.py:198-252 from the forward's outputs: the domain loss's four parts and weights, the multi-label
-    loss, the joint-feature distance x 38, the prototype loss and the KL x 0.1."""
-    da, targets, source, target_views = i3net_setup(start=0)
+@pytest.mark.parametrize("start", [0, 1])
+def test_i3net_terms_are_the_reference_composition_of_its_outputs(start: int) -> None:
+    """train_I3N.py:198-252 from the forward's outputs: the domain loss's four parts and weights (DCBR's weights
+    once started, ones before: :213), the multi-label loss, the joint-feature distance x 38, the prototype loss and
+    the KL x 0.1 (once started)."""
+    da, targets, source, target_views = i3net_setup(start=start)
     da.counts[0] = torch.tensor([2.0, 0.0, 1.0, 1.0])
     net, outputs = da.network(), {}
     original = net.forward
@@ -195,7 +200,7 @@ def test_i3net_terms_are_the_reference_composition_of_its_outputs() -> None:
     before = {k: v.clone() for k, v in da.adaptive.parts.state_dict().items() if "prototypes" in k}
     terms = da.losses(net, MultiBoxLoss(5), source, targets, target_views, 0, torch.autocast("cpu", enabled=False))
     s, t = outputs["pair"]
-    weights = ref.dcbr_weight(t["presence"], torch.tensor([2.0, 0.0, 1.0, 1.0]), 4)
+    weights = ref.dcbr_weight(t["presence"], torch.tensor([2.0, 0.0, 1.0, 1.0]), 4) if start == 0 else torch.ones(2)
     domain = (0.5 * torch.mean(s["local"].sigmoid() ** 2) + 0.5 * ref.weight_ce_loss(s["global"], 0, torch.ones(2)) * 0.1
               + 0.5 * torch.mean((1 - t["local"].sigmoid()) ** 2) + 0.5 * ref.weight_ce_loss(t["global"], 1, weights) * 0.05)  # fmt: skip
     torch.testing.assert_close(terms["loss_domain"], domain, **TOL)
@@ -211,10 +216,22 @@ def test_i3net_terms_are_the_reference_composition_of_its_outputs() -> None:
                  for out in (s, t)]  # fmt: skip
         assert not any(before[f"prototypes.{i}.seen"].flatten())  # first step: the prototypes are the batch means
         pa.append(ref.get_pa_loss(*lists))
-    torch.testing.assert_close(terms["loss_pa"], sum(pa), **TOL)
     sizes = [t["pa_features"][i].shape[2] for i in range(2)]
     kl = ref.get_kl_loss([head_map(t["pa_conf"][i], sizes[i], sizes[i]) for i in range(2)], 5)
-    torch.testing.assert_close(terms["loss_kl"], 0.1 * kl, **TOL)
+    late = (sum(pa), 0.1 * kl) if start == 0 else (torch.tensor(0.0), torch.tensor(0.0))
+    torch.testing.assert_close(terms["loss_pa"], late[0], **TOL)
+    torch.testing.assert_close(terms["loss_kl"], late[1], **TOL)
+    # The outputs are read where I3Net reads them: the presence head and the joint feature on relu(conv4_3), the
+    # joint feature with the first head's probabilities, the prototypes on the maps of --pa_layers (fc7, conv9_2).
+    taps: dict[str, torch.Tensor] = {}
+    sources = da.detector.sources(source, taps)
+    parts = da.adaptive.parts
+    torch.testing.assert_close(s["presence"], parts["presence"](taps["conv4_3"]), **TOL)
+    first_head = head_map(s["conf"][:, : sources[0].shape[2] ** 2 * 4], sources[0].shape[2], sources[0].shape[3])
+    expected = ref.get_feature_vector(taps["conv4_3"], first_head, 5, [parts["random"].matrix_0, parts["random"].matrix_1])
+    torch.testing.assert_close(s["joint"].mean(0), expected, **TOL)
+    for i, layer in enumerate((1, 3)):
+        torch.testing.assert_close(s["pa_features"][i], sources[layer], **TOL)
 
 
 def test_every_i3net_term_has_a_gradient_and_the_late_ones_wait_for_the_start() -> None:
@@ -228,6 +245,41 @@ def test_every_i3net_term_has_a_gradient_and_the_late_ones_wait_for_the_start() 
         assert value.item() > 0, name
         reached = torch.autograd.grad(value, parameters, retain_graph=True, allow_unused=True)
         assert any(g is not None and g.abs().sum() > 0 for g in reached), name
+
+
+# --- one domain per BatchNorm batch -----------------------------------------------------------------------------
+
+
+def test_separate_passes_normalise_each_domain_alone_and_joint_ones_together() -> None:
+    torch.manual_seed(0)
+    model = build_ssd(300, 5, "VOC", 0.125, True)
+    source, target = torch.randn(2, 3, 300, 300), torch.randn(2, 3, 300, 300) * 3 + 1  # another contrast
+    for da_batch in ("separate", "joint"):
+        da = DomainAdaptation(AdaptationConfig(("grl",), da_batch=da_batch), model, RunLength(2, 7))
+        s, t = da.network()(source, target)
+        if da_batch == "separate":  # each pass is the detector's alone on its domain
+            expected_s, expected_t = model(source), model(target)
+        else:
+            both = model(torch.cat([source, target]))
+            expected_s, expected_t = (both[0][:2], both[1][:2]), (both[0][2:], both[1][2:])
+        torch.testing.assert_close(s["conf"], expected_s[1], **TOL)
+        torch.testing.assert_close(t["loc"], expected_t[0], **TOL)
+    assert not torch.allclose(model(source)[1], model(torch.cat([source, target]))[1][:2], atol=1e-3)
+
+
+def test_target_bn_mixes_the_targets_statistics_into_batchnorms_running_averages() -> None:
+    torch.manual_seed(0)
+    model = build_ssd(300, 5, "VOC", 0.125, True)
+    reference = copy.deepcopy(model)
+    source, target = torch.randn(2, 3, 300, 300), torch.randn(2, 3, 300, 300) * 3 + 1
+    da = DomainAdaptation(AdaptationConfig(("target_bn",)), model, RunLength(2, 7))
+    s, t = da.network()(source, target)
+    assert t is None  # no loss reads the target
+    with torch.no_grad():
+        reference(target)
+    torch.testing.assert_close(s["conf"], reference(source)[1], **TOL)  # the source's pass is its own
+    for (key, value), expected in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(value, expected, msg=key)  # running statistics: target, then source
 
 
 # --- the gradient reversal through the whole network; Adaptive Teacher's EMA -------------------------------------
@@ -264,7 +316,7 @@ def test_reversed_gradient_sign_and_scale_through_adaptive_ssd(
         return torch.autograd.grad(loss, detector_params + classifier_params)
 
     reversed_ = domain_grads()
-    monkeypatch.setattr(adaptation, "grad_reverse", lambda x, weight: x)
+    monkeypatch.setattr(adaptive_ssd, "grad_reverse", lambda x, weight: x)
     plain = domain_grads()
     n = len(detector_params)
     for got, want in zip(reversed_[:n], plain[:n], strict=True):

@@ -18,8 +18,8 @@ from utils.checkpoint import (
     detector_info,
     read_checkpoint,
 )
-from utils.engine.adaptation import EXCLUSIVE, METHODS
 from utils.engine.config import TrainConfig
+from utils.engine.da_config import METHODS, AdaptationConfig, check_network
 from utils.engine.distributed import DistInfo
 from utils.transforms import PIXEL_NORMS
 
@@ -171,13 +171,13 @@ def check_adaptation_flags(settings: TrainConfig, typed: frozenset[str]) -> None
     methods = settings.da or []
     target = settings.target_root
     if methods and not target:
-        raise ValueError(f"--da {' '.join(methods)} adapts to unlabeled target images: give their VOC-format folder "
-                         "with --target_root")  # fmt: skip
+        raise ValueError(f"--da {' '.join(methods)} adapts to unlabeled target images: give their folder "
+                         "(any folder of images, or a VOC-format folder) with --target_root")  # fmt: skip
     if "target_dataset" in typed and not target:
         raise ValueError("--target_dataset names the dataset of --target_root; give --target_root too")
     if target and not Path(target).is_dir():
         what = "is a file" if Path(target).exists() else "does not exist"
-        raise ValueError(f"--target_root {target} {what}; give the target's VOC-format folder")
+        raise ValueError(f"--target_root {target} {what}; give the folder of the target's images")
     for name in sorted(typed & {flag for method in METHODS.values() for flag in method.flags}):
         owners = [method.name for method in METHODS.values() if name in method.flags]
         if not set(owners) & set(methods):
@@ -188,21 +188,10 @@ def check_adaptation_flags(settings: TrainConfig, typed: frozenset[str]) -> None
                          "ignored; drop one")  # fmt: skip
     if "focal_gamma" in typed and not settings.swda:
         raise ValueError("--focal_gamma is the gamma of --swda's global classifier; add --swda or drop it")
-    for pair in EXCLUSIVE:
-        if set(pair) <= set(methods):
-            raise ValueError(f"--da {pair[0]} and {pair[1]} cannot share a run; pick one")
-    if (settings.swda or "i3net" in methods) and not BACKBONES[settings.backbone].tap_names:
-        raise ValueError(f"--swda and --da i3net align VGG-16's relu(conv3_2) and relu(conv4_3), which the "
-                         f"{settings.backbone} backbone does not have; use --da grl without --swda (DA-Faster's "
-                         "classifiers on the source maps), or --backbone vgg16")  # fmt: skip
-    for name in ("adabn", "target_bn"):
-        if (
-            name in methods
-            and not BACKBONES[settings.backbone].has_batch_norm(settings.batch_norm)
-            and not settings.finetune
-        ):
-            raise ValueError(f"--da {name} needs BatchNorm statistics, and a {settings.backbone} SSD has BatchNorm "
-                             "only with --batch_norm; add it, or pick another backbone")  # fmt: skip
+    config = AdaptationConfig.from_settings(settings)  # refuses methods that cannot share a run
+    if not settings.finetune:  # a fine-tuned network is the checkpoint's, checked when it is built
+        backbone = BACKBONES[settings.backbone]
+        check_network(config, backbone, backbone.has_batch_norm(settings.batch_norm))
 
 
 def check_train_flags(settings: TrainConfig, typed: frozenset[str]) -> None:

@@ -30,7 +30,7 @@ from utils.checkpoint import (
     detector_info,
     save_checkpoint,
 )
-from utils.engine.adaptation import AdaptationConfig, DomainAdaptation, RunLength
+from utils.engine.adaptation import DomainAdaptation
 from utils.engine.builders import (
     build_model,
     build_optimizer,
@@ -43,6 +43,7 @@ from utils.engine.builders import (
     training_precision,
 )
 from utils.engine.config import TrainConfig
+from utils.engine.da_config import AdaptationConfig, RunLength
 from utils.engine.distributed import DistInfo, all_reduce_sum
 from utils.engine.resume import restore_rng_states, rng_states, seed_everything
 from utils.engine.run_log import RunLog
@@ -197,11 +198,14 @@ class Trainer:
             return None
         path = self.run_dir / name
         save_checkpoint(path, self.model, self.info, **self.training_state())
+        if name == "last.pth":
+            self.save_teacher()
         return path
 
     def save_teacher(self) -> None:
-        """A mean teacher's weights as a detector checkpoint of its own, ``teacher.pth`` (eval.py, inference.py and
-        export read it as any checkpoint; ``last.pth`` keeps it too, for ``--resume``)."""
+        """A mean teacher's weights as a detector checkpoint of its own, ``teacher.pth``, written with each
+        ``last.pth`` (eval.py, inference.py and export read it as any checkpoint; ``last.pth`` keeps it too, for
+        ``--resume``)."""
         teacher = self.adaptation.teacher if self.adaptation is not None else None
         if self.run_dir is not None and teacher is not None:
             save_checkpoint(self.run_dir / "teacher.pth", teacher, self.info, epoch=self.epoch, iteration=self.iteration)
@@ -322,7 +326,6 @@ class Trainer:
             self.save("best.pth")
         if self.epoch % self.settings.save_period == 0 or finished:
             self.save("last.pth")
-            self.save_teacher()
         self.log.add_epoch(record)
         terms = ", ".join(f"{name[5:]} {record[name]:.4f}" for name in self.term_names)
         message = f"epoch {record['epoch']}/{self.epochs}: loss {record['loss']:.4f} ({terms}), {record['images_per_s']:.1f} img/s"
