@@ -280,7 +280,7 @@ def test_recompute_batchnorm_gives_the_target_images_statistics() -> None:
 
 
 def test_adabn_refuses_a_network_without_batchnorm() -> None:
-    with pytest.raises(ValueError, match="no BatchNorm"):
+    with pytest.raises(ValueError, match="needs BatchNorm statistics"):
         DomainAdaptation(AdaptationConfig(("adabn",)), build_ssd(width=0.125), RunLength(1, 1))
 
 

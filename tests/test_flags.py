@@ -74,4 +74,4 @@ def test_choices_come_from_the_registries() -> None:
     assert list(options["--size"].choices) == list(SIZES) == [300, 320, 512]  # every backbone's sizes
     assert list(options["--backbone"].choices) == sorted(BACKBONES)
     with pytest.raises(SystemExit):
-        train.get_args_parser().parse_args(["--dataset", "KITTI"])
+        train.get_args_parser().parse_args(["--dataset", "NoSuchDataset"])
